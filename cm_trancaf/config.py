@@ -1,0 +1,256 @@
+"""Configuration: frozen dataclasses, named presets, typed overrides.
+
+Every paper-derived default carries its source (SPEC = ``shared/paper/SPEC.md``, which resolves the
+gaps of the paper); every departure from the paper is marked ``DEVIATION``. A preset is a diff of
+``BASE``; an ablation is a preset or one ``--set key=value`` override, never a copied script.
+The resolved config is written as ``config.json`` next to every run and is what later stages reload.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DataConfig", "AugmentConfig", "CycleGANConfig", "MAUNetConfig", "SCNConfig",
+    "LocalizerConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "get_preset",
+    "apply_overrides", "save_config", "load_config", "ConfigError",
+]
+
+
+class ConfigError(ValueError):
+    """A preset name, override key or value that does not fit the config."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    labels: str = "mmwhs"                      # label set: mmwhs | mscmrseg | acdc | generic
+    modality: str = "ct"                       # ct | mr: selects the intensity normalisation
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)  # mm, (x, y, z); SPEC "spacing index 3"
+    roi_size: tuple[int, int, int] = (64, 64, 64)          # voxels, (D, H, W); SPEC: 64^3 ROI
+    enhance: str = "unsharp"                   # none | unsharp | clahe; SPEC "texture enhancement"
+    enhance_sigma_mm: float = 3.0              # unsharp: Gaussian sigma (one working voxel)
+    enhance_amount: float = 0.5                # unsharp: weight of the high-pass added back
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)    # HU clipped, then scaled to [-1, 1]
+    mr_percentiles: tuple[float, float] = (1.0, 99.0)     # per volume, scaled to [-1, 1]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """On-the-fly 3D augmentation (SPEC: scaling, translation, flipping, rotation), one resampling."""
+    scale: float = 0.15                        # uniform in [1 - s, 1 + s], per axis
+    rotate_deg: float = 15.0                   # uniform in [-r, r] about each of the three axes
+    translate_mm: float = 15.0                 # uniform in [-t, t] per axis, ROI centre jitter
+    # DEVIATION: the paper flips; chambers of equal CT intensity differ only by position, so a
+    # mirror image relabels anatomy. Off by default, 0.5 in the `paper` preset.
+    flip_prob: float = 0.0
+    intensity: float = 0.0                     # optional: gamma / scale jitter amplitude
+
+
+@dataclass(frozen=True)
+class CycleGANConfig:
+    """MTN (SPEC module 1): G_c (MRI -> CT), G_m (CT -> MRI), D_c, D_m."""
+    gen_filters: int = 32                      # first-level width of G_c / G_m
+    gen_downsamplings: int = 2
+    gen_res_blocks: int = 6                    # residual blocks at the bottleneck
+    disc_filters: int = 32
+    disc_layers: int = 3                       # PatchGAN strided convolutions
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    lam: float = 10.0                          # lambda, weight of L_cycle (SPEC; ablation 5/10/20)
+    identity_weight: float = 1.0               # w_id: 1 as the paper's formula; 0.5*lam = CycleGAN
+    gan_loss: str = "lsgan"                    # lsgan | bce
+    pool_size: int = 50                        # image pool of generated volumes
+    lr: float = 2e-4                           # CycleGAN defaults (Zhu et al. 2017)
+    beta_1: float = 0.5
+    decay_from: float = 0.5                    # linear decay to 0 over the last half of the steps
+    batch_size: int = 1
+    steps: int = 40000
+    ratio: float = 0.5                         # r: share of generated cases used (SPEC: 0.5 best)
+
+
+@dataclass(frozen=True)
+class MAUNetConfig:
+    """MAUNet (SPEC module 2): residual encoder, attention gates, position attention block."""
+    base_filters: int = 16                     # filters = base * 2**level; paper silent
+    levels: int = 4                            # SPEC: 4 resolution levels
+    attention_gates: bool = True               # AG on each skip (Oktay et al. 2018)
+    pab: bool = True                           # PAB at the bottleneck (Fu et al. 2019)
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class SCNConfig:
+    """SCN (SPEC module 3, after Payer et al.): local * spatial configuration."""
+    enabled: bool = True
+    filters: int = 32                          # local branch width
+    downsample: int = 4                        # average-pool factor of the spatial branch
+    kernel: tuple[int, int, int] = (9, 9, 5)   # SPEC: large 9x9x5 kernels
+    spatial_convs: int = 3
+    use_image: bool = False                    # also feed the image to the local branch
+    freeze_maunet: bool = True                 # False: joint fine-tuning
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """Heart localizer (SPEC module 4): heatmap regression of the label map's centre."""
+    size: tuple[int, int, int] = (32, 32, 32)  # Payer: 32^3
+    spacing_mm: float = 10.0                   # Payer: 10 mm CT (12 mm MRI)
+    filters: int = 16
+    sigma_mm: float = 15.0                     # target heatmap width
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-5                           # SPEC: Adam 1e-5
+    batch_size: int = 8                        # SPEC: 8
+    steps: int = 40000                         # SPEC: 40,000 iterations
+    lambda_focal: float = 0.1                  # lambda_f of L = L_Dice + lambda_f * L_Focal
+    focal_gamma: float = 2.0
+    val_every: int = 1000
+    ckpt_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "base"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mtn: CycleGANConfig = field(default_factory=CycleGANConfig)
+    maunet: MAUNetConfig = field(default_factory=MAUNetConfig)
+    scn: SCNConfig = field(default_factory=SCNConfig)
+    localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)          # MAUNet and SCN
+    train_localizer: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
+
+
+BASE = ExperimentConfig()
+
+
+def _preset(base: ExperimentConfig, name: str, **sections: dict) -> ExperimentConfig:
+    out = replace(base, name=name)
+    for section, changes in sections.items():
+        out = replace(out, **{section: replace(getattr(out, section), **changes)})
+    return out
+
+
+PRESETS: dict[str, ExperimentConfig] = {}
+PRESETS["paper"] = _preset(BASE, "paper", augment={"flip_prob": 0.5})
+# Minutes on a 2-core CPU: 4 mm working grid, 48^3 ROI, narrow nets, a few hundred steps.
+PRESETS["cpu"] = _preset(
+    BASE, "cpu",
+    data={"spacing": (4.0, 4.0, 4.0), "roi_size": (48, 48, 48), "enhance_sigma_mm": 4.0},
+    mtn={"gen_filters": 8, "gen_res_blocks": 2, "disc_filters": 8, "patch_size": (32, 32, 32),
+         "steps": 300, "pool_size": 10},
+    maunet={"base_filters": 8},
+    scn={"filters": 8, "kernel": (5, 5, 3)},
+    localizer={"filters": 8},
+    train={"lr": 2e-3, "batch_size": 2, "steps": 400, "val_every": 100, "ckpt_every": 100,
+           "log_every": 20},
+    train_localizer={"lr": 2e-3, "batch_size": 4, "steps": 200, "val_every": 100,
+                     "ckpt_every": 100, "log_every": 20},
+)
+# Seconds: for the test suite.
+PRESETS["tiny"] = _preset(
+    PRESETS["cpu"], "tiny",
+    data={"spacing": (6.0, 6.0, 6.0), "roi_size": (32, 32, 32), "enhance_sigma_mm": 6.0},
+    mtn={"gen_filters": 4, "gen_res_blocks": 1, "disc_filters": 4, "disc_layers": 2,
+         "patch_size": (16, 16, 16), "steps": 4, "pool_size": 4},
+    maunet={"base_filters": 4},
+    scn={"filters": 4, "kernel": (3, 3, 3), "spatial_convs": 1},
+    localizer={"size": (16, 16, 16), "spacing_mm": 20.0, "filters": 4},
+    train={"batch_size": 2, "steps": 4, "val_every": 2, "ckpt_every": 2, "log_every": 1},
+    train_localizer={"batch_size": 2, "steps": 4, "val_every": 2, "ckpt_every": 2, "log_every": 1},
+)
+# Ablations (SPEC "Ablations"), as diffs of the paper preset.
+PRESETS["paper_no_ag"] = _preset(PRESETS["paper"], "paper_no_ag", maunet={"attention_gates": False})
+PRESETS["paper_no_pab"] = _preset(PRESETS["paper"], "paper_no_pab", maunet={"pab": False})
+PRESETS["paper_no_scn"] = _preset(PRESETS["paper"], "paper_no_scn", scn={"enabled": False})
+
+
+def get_preset(name: str) -> ExperimentConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def _coerce(value: Any, like: Any, key: str) -> Any:
+    """Convert a literal to the type of the current value, or raise ConfigError."""
+    if isinstance(like, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(like, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(like, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif isinstance(like, str) and isinstance(value, str):
+        return value
+    elif isinstance(like, tuple) and isinstance(value, (tuple, list)) and len(value) == len(like):
+        return tuple(_coerce(v, l, key) for v, l in zip(value, like))
+    raise ConfigError(f"--set {key}: {value!r} does not match the type of the default {like!r}")
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | None) -> ExperimentConfig:
+    """Apply ``section.field=value`` strings; values are Python literals checked against the field."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=2e-4")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()  # bare words are strings: data.enhance=none
+        cfg = _set_path(cfg, parts, value, key)
+    return cfg
+
+
+def _set_path(obj: Any, parts: list[str], value: Any, key: str) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    if parts[0] not in names:
+        raise ConfigError(f"--set {key}: unknown key {parts[0]!r}; known: {sorted(names)}")
+    current = getattr(obj, parts[0])
+    if len(parts) == 1:
+        if dataclasses.is_dataclass(current):
+            raise ConfigError(f"--set {key}: {parts[0]!r} is a section, name one of its fields")
+        return replace(obj, **{parts[0]: _coerce(value, current, key)})
+    if not dataclasses.is_dataclass(current):
+        raise ConfigError(f"--set {key}: {parts[0]!r} has no fields")
+    return replace(obj, **{parts[0]: _set_path(current, parts[1:], value, key)})
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict, cls: type = ExperimentConfig) -> Any:
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        default = getattr(cls(), f.name)
+        if dataclasses.is_dataclass(default):
+            v = from_dict(v, type(default))
+        elif isinstance(default, tuple):
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    from .utils import atomic_write_text
+    atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    try:
+        return from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e})") from None

@@ -1,0 +1,185 @@
+"""Label sets and dataset adapters (MM-WHS 2017, MS-CMRSeg 2019, ACDC 2017, generic folders).
+
+Each label set maps its file codes to contiguous classes ``0 (background), 1..K`` and back. The
+class order is the ascending order of the codes, the same everywhere (training, metrics, tables):
+
+========  ==========================================================================
+mmwhs     1 Myo (205), 2 LA (420), 3 LV (500), 4 RA (550), 5 RV (600), 6 AA (820), 7 PA (850)
+mscmrseg  1 Myo (200), 2 LV (500), 3 RV (600)
+acdc      1 RV (1), 2 Myo (2), 3 LV (3)
+========  ==========================================================================
+
+An adapter lists :class:`Case` records (id, image path, label path or None); reading goes through
+:func:`load_case`, which validates both files and their grids.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..utils import UserError
+from .io import check_same_grid, read_image, read_label
+
+__all__ = ["LabelSet", "LABEL_SETS", "get_labelset", "Case", "mmwhs_cases", "mscmrseg_cases",
+           "acdc_cases", "generic_cases", "generated_cases", "find_cases", "load_case"]
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    name: str
+    codes: tuple[int, ...]          # file codes of classes 1..K, ascending
+    names: tuple[str, ...]          # short structure names, same order
+
+    @property
+    def num_classes(self) -> int:
+        """K + 1 (background included)."""
+        return len(self.codes) + 1
+
+    def to_classes(self, codes: np.ndarray, source: str = "label map") -> np.ndarray:
+        """File codes -> uint8 classes 0..K; unknown nonzero codes raise UserError naming ``source``."""
+        lut_keys = np.array((0,) + self.codes)
+        values = np.unique(codes)
+        unknown = sorted(set(values.tolist()) - set(lut_keys.tolist()))
+        if unknown:
+            raise UserError(f"{source}: unknown label codes {unknown[:10]} for label set "
+                            f"{self.name!r} (expected 0 and {list(self.codes)})")
+        out = np.zeros(codes.shape, np.uint8)
+        for k, code in enumerate(self.codes, start=1):
+            out[codes == code] = k
+        return out
+
+    def to_codes(self, classes: np.ndarray) -> np.ndarray:
+        """Classes 0..K -> file codes (int16 when they fit, as MM-WHS ships them)."""
+        lut = np.array((0,) + self.codes, dtype=np.int32)
+        if np.any(classes >= len(lut)):
+            raise ValueError(f"class index {int(classes.max())} >= {len(lut)} for {self.name}")
+        return lut[classes].astype(np.int16 if max(self.codes) < 32768 else np.int32)
+
+
+LABEL_SETS: dict[str, LabelSet] = {
+    "mmwhs": LabelSet("mmwhs", (205, 420, 500, 550, 600, 820, 850),
+                      ("Myo", "LA", "LV", "RA", "RV", "AA", "PA")),
+    "mscmrseg": LabelSet("mscmrseg", (200, 500, 600), ("Myo", "LV", "RV")),
+    "acdc": LabelSet("acdc", (1, 2, 3), ("RV", "Myo", "LV")),
+}
+
+
+def get_labelset(name: str | LabelSet, codes: tuple[int, ...] | None = None) -> LabelSet:
+    """A named label set, or ``generic`` built from ``codes``."""
+    if isinstance(name, LabelSet):
+        return name
+    if name == "generic":
+        if not codes:
+            raise UserError("label set 'generic' needs its codes (e.g. --codes 1,2,3)")
+        codes = tuple(sorted(int(c) for c in codes))
+        return LabelSet("generic", codes, tuple(f"L{c}" for c in codes))
+    if name not in LABEL_SETS:
+        raise UserError(f"unknown label set {name!r}; choose one of {sorted(LABEL_SETS)} or generic")
+    return LABEL_SETS[name]
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    image: Path
+    label: Path | None
+    modality: str = "ct"
+
+
+def _need_dir(root: Path, what: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder ({what})")
+    return root
+
+
+def _nonempty(cases: list[Case], root: Path, what: str) -> list[Case]:
+    if not cases:
+        raise UserError(f"{root}: no {what} found")
+    return cases
+
+
+def mmwhs_cases(root: str | Path, modality: str = "ct", split: str = "train") -> list[Case]:
+    """MM-WHS 2017: ``{ct,mr}_{train,test}/{ct,mr}_{split}_NNNN_image.nii.gz`` (+ ``_label``).
+
+    Test cases have a label when a ``_label`` file sits beside the image (phantoms, own annotations).
+    """
+    if modality not in ("ct", "mr") or split not in ("train", "test"):
+        raise UserError(f"MM-WHS modality must be ct|mr and split train|test, got {modality}/{split}")
+    folder = _need_dir(Path(root) / f"{modality}_{split}", f"MM-WHS {modality}_{split}")
+    cases = []
+    for img in sorted(folder.glob(f"{modality}_{split}_*_image.nii*")):
+        cid = img.name.split("_image")[0]
+        lab = img.with_name(img.name.replace("_image", "_label"))
+        if split == "train" and not lab.exists():
+            raise UserError(f"{lab}: label map missing for training image {img.name}")
+        cases.append(Case(cid, img, lab if lab.exists() else None, modality))
+    return _nonempty(cases, folder, f"{modality}_{split}_*_image.nii.gz files")
+
+
+def mscmrseg_cases(root: str | Path, sequence: str = "C0") -> list[Case]:
+    """MS-CMRSeg 2019: ``{C0,LGE,T2}/patientN_{seq}.nii.gz`` + ``patientN_{seq}_manual.nii.gz``."""
+    folder = _need_dir(Path(root) / sequence, f"MS-CMRSeg {sequence}")
+    pat = re.compile(rf"patient(\d+)_{re.escape(sequence)}\.nii(\.gz)?$")
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := pat.match(p.name))]
+    cases = []
+    for num, img in sorted(found):
+        lab = img.with_name(img.name.replace(f"_{sequence}.", f"_{sequence}_manual."))
+        cases.append(Case(f"patient{num}_{sequence}", img, lab if lab.exists() else None, "mr"))
+    return _nonempty(cases, folder, f"patientN_{sequence}.nii.gz files")
+
+
+def acdc_cases(root: str | Path) -> list[Case]:
+    """ACDC (as in shared/data): ``images/patientNNN.nii.gz`` + ``masks/patientNNN_mask.nii.gz``."""
+    root = _need_dir(Path(root), "ACDC")
+    images = _need_dir(root / "images", "ACDC images")
+    cases = []
+    for img in sorted(images.glob("patient*.nii*")):
+        cid = img.name.split(".nii")[0]
+        lab = root / "masks" / f"{cid}_mask.nii.gz"
+        cases.append(Case(cid, img, lab if lab.exists() else None, "mr"))
+    return _nonempty(cases, images, "patient*.nii.gz files")
+
+
+def generic_cases(root: str | Path, image_glob: str = "*_image.nii*",
+                  label_replace: tuple[str, str] = ("_image", "_label"),
+                  modality: str = "ct") -> list[Case]:
+    """Any folder of image/label pairs: images by glob, label path by a substring replacement."""
+    root = _need_dir(Path(root), "generic dataset")
+    cases = []
+    for img in sorted(root.glob(image_glob)):
+        lab = img.with_name(img.name.replace(*label_replace))
+        cid = img.name.split(".nii")[0].replace(label_replace[0], "")
+        cases.append(Case(cid, img, lab if lab != img and lab.exists() else None, modality))
+    return _nonempty(cases, root, f"files matching {image_glob}")
+
+
+def generated_cases(root: str | Path) -> list[Case]:
+    """Synthetic CT written by ``cm-trancaf translate``: ``<id>_image.nii.gz`` + ``<id>_label``."""
+    return generic_cases(root, "*_image.nii*", ("_image", "_label"), modality="ct")
+
+
+def find_cases(root: str | Path, layout: str, **kw) -> list[Case]:
+    """Dispatch on a layout name: mmwhs | mscmrseg | acdc | generic | generated."""
+    adapters = {"mmwhs": mmwhs_cases, "mscmrseg": mscmrseg_cases, "acdc": acdc_cases,
+                "generic": generic_cases, "generated": generated_cases}
+    if layout not in adapters:
+        raise UserError(f"unknown dataset layout {layout!r}; choose one of {sorted(adapters)}")
+    return adapters[layout](root, **kw)
+
+
+def load_case(case: Case, labelset: LabelSet) -> tuple[sitk.Image, sitk.Image | None]:
+    """Read and validate a case: float32 image, and uint8 class map (0..K) on the same grid."""
+    image = read_image(case.image)
+    if case.label is None:
+        return image, None
+    label = read_label(case.label)
+    check_same_grid(image, label, case.image, case.label)
+    classes = labelset.to_classes(sitk.GetArrayViewFromImage(label), str(case.label))
+    out = sitk.GetImageFromArray(classes)
+    out.CopyInformation(label)
+    return image, out

@@ -1,0 +1,153 @@
+"""Volume I/O with SimpleITK: read, validate, keep the geometry, write back atomically.
+
+Arrays follow SimpleITK's numpy order ``(D, H, W) = (z, y, x)``; physical coordinates and
+spacings are ``(x, y, z)`` in mm (ITK's LPS world). Every read is validated and every problem
+raises :class:`~cm_trancaf.utils.UserError` naming the file and the problem.
+"""
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..utils import UserError, atomic_path
+
+__all__ = ["Geometry", "read_image", "read_label", "write_image", "check_same_grid", "quiet_itk"]
+
+
+def quiet_itk() -> None:
+    """Silence ITK's warning window (ACDC headers trigger "unexpected scales in sform")."""
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+
+
+quiet_itk()
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """An image grid: size (x, y, z) voxels, spacing (mm), origin (mm), direction (3x3, row-major)."""
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        return cls(tuple(int(s) for s in image.GetSize()), tuple(image.GetSpacing()),
+                   tuple(image.GetOrigin()), tuple(image.GetDirection()))
+
+    def reference(self, pixel=sitk.sitkUInt8) -> sitk.Image:
+        """An empty image on this grid, to resample onto or to copy the geometry from."""
+        img = sitk.Image([int(s) for s in self.size], pixel)
+        self.apply(img)
+        return img
+
+    def apply(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def to_json(self) -> dict:
+        return {"size": list(self.size), "spacing": list(self.spacing),
+                "origin": list(self.origin), "direction": list(self.direction)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Geometry":
+        return cls(tuple(d["size"]), tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
+
+
+def _read(path: str | Path, what: str) -> sitk.Image:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file ({what})")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, expected a {what} file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file ({what})")
+    if path.name.endswith(".gz"):
+        try:  # a truncated gzip makes ITK print pages of errors; say it in one line
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 22):
+                    pass
+        except (OSError, EOFError) as e:
+            raise UserError(f"{path}: corrupt or truncated gzip ({e})") from None
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "unknown error")
+        raise UserError(f"{path}: not a readable image ({first[:200]})") from None
+    _validate_geometry(image, path)
+    return image
+
+
+def _validate_geometry(image: sitk.Image, path: Path) -> None:
+    dim = image.GetDimension()
+    if dim != 3:
+        raise UserError(f"{path}: {dim}D image of size {image.GetSize()}, expected a 3D volume")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise UserError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel, "
+                        "expected a scalar volume")
+    if min(image.GetSize()) < 2:
+        raise UserError(f"{path}: size {image.GetSize()} has a single slice, expected a 3D volume")
+    spacing = np.asarray(image.GetSpacing())
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise UserError(f"{path}: invalid voxel spacing {tuple(spacing)} (must be finite and > 0)")
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    if not np.all(np.isfinite(direction)) or abs(abs(np.linalg.det(direction)) - 1) > 1e-3:
+        raise UserError(f"{path}: invalid direction matrix {tuple(direction.ravel())}")
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read a 3D intensity volume as float32; raise UserError on any problem (incl. NaN/Inf)."""
+    image = sitk.Cast(_read(path, "image"), sitk.sitkFloat32)
+    arr = sitk.GetArrayViewFromImage(image)
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise UserError(f"{path}: {bad} non-finite voxels (NaN or Inf)")
+    return image
+
+
+def read_label(path: str | Path, codes: tuple[int, ...] | None = None) -> sitk.Image:
+    """Read a 3D label map (codes as stored). With ``codes``, any other nonzero value is an error."""
+    image = _read(path, "label map")
+    arr = sitk.GetArrayViewFromImage(image)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise UserError(f"{path}: label map has NaN or Inf values")
+        if not np.all(arr == np.round(arr)):
+            raise UserError(f"{path}: label map has non-integer values")
+    values = np.unique(arr).astype(np.int64)
+    if codes is not None:
+        unknown = sorted(set(values.tolist()) - set(codes) - {0})
+        if unknown:
+            raise UserError(f"{path}: unknown label codes {unknown[:10]}; expected 0 and {list(codes)}")
+    return sitk.Cast(image, sitk.sitkInt32)
+
+
+def check_same_grid(a: sitk.Image, b: sitk.Image, path_a, path_b, tol: float = 1e-3) -> None:
+    """Raise UserError unless two images share size, spacing, origin and direction."""
+    ga, gb = Geometry.of(a), Geometry.of(b)
+    if ga.size != gb.size:
+        raise UserError(f"{path_b}: grid size {gb.size} differs from {path_a} {ga.size}")
+    for name in ("spacing", "origin", "direction"):
+        va, vb = np.asarray(getattr(ga, name)), np.asarray(getattr(gb, name))
+        scale = 1.0 if name == "direction" else max(1.0, float(np.max(np.abs(va))))
+        if np.max(np.abs(va - vb)) > tol * scale:
+            raise UserError(f"{path_b}: {name} {tuple(np.round(vb, 4))} differs from "
+                            f"{path_a} {tuple(np.round(va, 4))}")
+
+
+def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
+    """Write atomically (temporary name, then rename); raise UserError if the folder is not writable."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), compress)
+    except (OSError, RuntimeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: cannot write ({msg[:200]})") from None
+    return path

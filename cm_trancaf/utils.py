@@ -1,0 +1,40 @@
+"""Small shared helpers: user-facing errors and atomic file writes."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["UserError", "atomic_path", "atomic_write_text"]
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, path, option): reported as one line, exit code 2."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    An interrupted write never leaves a file that looks complete. ``suffix`` keeps the extension
+    that format-sniffing writers (SimpleITK: ``.nii.gz``) need.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
