@@ -7,6 +7,7 @@ raises :class:`~cm_trancaf.utils.UserError` naming the file and the problem.
 from __future__ import annotations
 
 import gzip
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,45 @@ class Geometry:
         return cls(tuple(d["size"]), tuple(d["spacing"]), tuple(d["origin"]), tuple(d["direction"]))
 
 
+_NIFTI_FLOATS = {16: np.float32, 64: np.float64}
+
+
+def _check_nifti(path: Path) -> int:
+    """Check a NIfTI-1/2 file's raw header and data; return the number of non-finite voxels.
+
+    ITK silently reads a zero pixdim as 1 and NaN/Inf voxels as 0, so both are checked here.
+    """
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path}: corrupt or truncated gzip ({e})") from None
+    for endian in "<>":
+        if len(raw) >= 348 and struct.unpack(endian + "i", raw[:4])[0] == 348:      # NIfTI-1
+            ndim, dtype = struct.unpack(endian + "h", raw[40:42])[0], struct.unpack(endian + "h", raw[70:72])[0]
+            pix = struct.unpack(endian + "8f", raw[76:108])
+            offset = int(struct.unpack(endian + "f", raw[108:112])[0])
+            break
+        if len(raw) >= 540 and struct.unpack(endian + "i", raw[:4])[0] == 540:      # NIfTI-2
+            ndim, dtype = struct.unpack(endian + "q", raw[16:24])[0], struct.unpack(endian + "h", raw[12:14])[0]
+            pix = struct.unpack(endian + "8d", raw[104:168])
+            offset = int(struct.unpack(endian + "q", raw[168:176])[0])
+            break
+    else:
+        return 0  # not NIfTI after all: ITK decides
+    pix = pix[1:1 + max(0, min(int(ndim), 3))]
+    if not np.all(np.isfinite(pix)) or any(p <= 0 for p in pix):
+        raise UserError(f"{path}: invalid voxel spacing {tuple(round(float(p), 4) for p in pix)} "
+                        "in the NIfTI header (must be finite and > 0)")
+    if dtype in _NIFTI_FLOATS:
+        data = np.frombuffer(raw, np.dtype(_NIFTI_FLOATS[dtype]).newbyteorder(endian), offset=offset)
+        return int(data.size - np.count_nonzero(np.isfinite(data)))
+    return 0
+
+
 def _read(path: str | Path, what: str) -> sitk.Image:
     path = Path(path)
     if not path.exists():
@@ -68,13 +108,18 @@ def _read(path: str | Path, what: str) -> sitk.Image:
         raise UserError(f"{path}: is a folder, expected a {what} file")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file ({what})")
-    if path.name.endswith(".gz"):
+    nonfinite = 0
+    if path.name.endswith((".nii", ".nii.gz")):
+        nonfinite = _check_nifti(path)
+    elif path.name.endswith(".gz"):
         try:  # a truncated gzip makes ITK print pages of errors; say it in one line
             with gzip.open(path, "rb") as f:
                 while f.read(1 << 22):
                     pass
         except (OSError, EOFError) as e:
             raise UserError(f"{path}: corrupt or truncated gzip ({e})") from None
+    if nonfinite:
+        raise UserError(f"{path}: {nonfinite} non-finite voxels (NaN or Inf)")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:

@@ -1,0 +1,140 @@
+"""``tf.data`` training pipeline: ROI patches with on-the-fly 3D augmentation.
+
+Each sample is drawn with its own generator ``default_rng([seed, i])`` where ``i`` counts samples
+from the start of training, so the data order is the same however many parallel calls run, and a
+resumed run continues with sample ``step * batch``. One resampling per sample: the ROI grid is
+mapped into the working volume by  ``x = centre + shift + A (o - size // 2)``  with
+``A = S^-1 R Z F S`` (S spacing, R rotation about the three axes, Z scale, F flips), sampled
+linearly for the image and by nearest neighbour for the label.
+
+Batches: ``image (B, D, H, W, 1) float32`` in [-1, 1] and ``label (B, D, H, W, K) float32``
+one-hot (K classes incl. background). Arrays are ``(D, H, W)``; spacings ``(x, y, z)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from scipy import ndimage
+
+from ..config import AugmentConfig
+from .phantom import random_rotation
+from .preprocess import Prepared, foreground_center
+
+__all__ = ["augment_matrix", "sample_roi", "roi_dataset", "localizer_input", "localizer_dataset",
+           "heatmap"]
+
+
+def augment_matrix(rng: np.random.Generator, aug: AugmentConfig, spacing_xyz) -> np.ndarray:
+    """Voxel-space (D, H, W) matrix of a random rotation, scaling and flip done in mm."""
+    sp = np.asarray(spacing_xyz, float)[::-1]            # (D, H, W) order
+    rot = random_rotation(rng, aug.rotate_deg)
+    zoom = np.diag(rng.uniform(1 - aug.scale, 1 + aug.scale, 3))
+    flip = np.diag(np.where(rng.random(3) < aug.flip_prob, -1.0, 1.0))
+    return np.diag(1 / sp) @ rot @ zoom @ flip @ np.diag(sp)
+
+
+def sample_roi(image: np.ndarray, label: np.ndarray | None, center, size, matrix=None,
+               shift=None, fill: float = -1.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resample an ROI of ``size`` at ``center`` (voxel index) through ``matrix`` (one pass)."""
+    size = np.asarray(size)
+    matrix = np.eye(3) if matrix is None else matrix
+    # ROI voxel size//2 sits on `center`, as in preprocess.crop
+    o = np.indices(tuple(size), dtype=np.float32).reshape(3, -1) - (size // 2)[:, None]
+    x = matrix.astype(np.float32) @ o + (np.asarray(center, np.float32) +
+                                         (0 if shift is None else np.asarray(shift)))[:, None]
+    img = ndimage.map_coordinates(image, x, order=1, mode="constant", cval=fill)
+    img = img.reshape(tuple(size)).astype(np.float32)
+    lab = None
+    if label is not None:
+        lab = ndimage.map_coordinates(label, x, order=0, mode="constant", cval=0)
+        lab = lab.reshape(tuple(size)).astype(np.uint8)
+    return img, lab
+
+
+def _augment_intensity(img, rng, amount):
+    if amount <= 0:
+        return img
+    return img * rng.uniform(1 - amount, 1 + amount) + rng.uniform(-amount, amount)
+
+
+def roi_dataset(cases: list[Prepared], roi_size, num_classes: int, aug: AugmentConfig,
+                batch_size: int, seed: int, start: int = 0, augment: bool = True) -> tf.data.Dataset:
+    """Infinite dataset of augmented ROI batches around each case's heart centre."""
+    if not cases or any(c.label is None for c in cases):
+        raise ValueError("roi_dataset needs at least one case, all with labels")
+    centers = [foreground_center(c.label) for c in cases]
+    size = tuple(int(s) for s in roi_size)
+
+    def draw(i):
+        rng = np.random.default_rng([seed, int(i)])
+        k = int(rng.integers(len(cases)))
+        c = cases[k]
+        if augment:
+            sp = np.asarray(c.grid.spacing)[::-1]
+            shift = rng.uniform(-aug.translate_mm, aug.translate_mm, 3) / sp
+            m = augment_matrix(rng, aug, c.grid.spacing)
+        else:
+            shift, m = None, None
+        img, lab = sample_roi(c.image, c.label, centers[k], size, m, shift)
+        if augment:
+            img = _augment_intensity(img, rng, aug.intensity)
+        return img[..., None].astype(np.float32), lab
+
+    def tf_draw(i):
+        img, lab = tf.numpy_function(draw, [i], [tf.float32, tf.uint8])
+        img = tf.ensure_shape(img, size + (1,))
+        lab = tf.one_hot(tf.ensure_shape(lab, size), num_classes, dtype=tf.float32)
+        return img, lab
+
+    ds = tf.data.Dataset.range(start, 2 ** 62)
+    ds = ds.map(tf_draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def heatmap(size, center, sigma_vox) -> np.ndarray:
+    """Gaussian heatmap (peak 1) at ``center`` (voxel index) on a grid of ``size``."""
+    g = np.indices(tuple(size), dtype=np.float32)
+    d2 = sum((g[a] - center[a]) ** 2 for a in range(3))
+    return np.exp(-d2 / (2 * sigma_vox ** 2)).astype(np.float32)
+
+
+def localizer_input(case: Prepared, size, spacing_mm: float, center=None, matrix=None):
+    """Coarse view (``size`` voxels at ``spacing_mm``) of the working volume around ``center``
+    (default: the volume centre); returns (image, zoom matrix used, centre)."""
+    sp = np.asarray(case.grid.spacing)[::-1]
+    zoom = np.diag(spacing_mm / sp)
+    m = zoom if matrix is None else matrix @ zoom
+    if center is None:
+        center = (np.asarray(case.image.shape) - 1) / 2
+    smooth = ndimage.gaussian_filter(case.image, np.maximum(0.0, 0.4 * (spacing_mm / sp - 1)))
+    img, _ = sample_roi(smooth, None, center, size, m)
+    return img, m, np.asarray(center, float)
+
+
+def localizer_dataset(cases: list[Prepared], size, spacing_mm: float, sigma_mm: float,
+                      aug: AugmentConfig, batch_size: int, seed: int, start: int = 0):
+    """Batches ``(coarse image (B, d, h, w, 1), heatmap (B, d, h, w, 1))`` of the heart centre."""
+    size = tuple(int(s) for s in size)
+    targets = [foreground_center(c.label) for c in cases]
+
+    def draw(i):
+        rng = np.random.default_rng([seed, int(i)])
+        k = int(rng.integers(len(cases)))
+        c = cases[k]
+        sp = np.asarray(c.grid.spacing)[::-1]
+        center = (np.asarray(c.image.shape) - 1) / 2 + rng.uniform(-30, 30, 3) / sp
+        m = augment_matrix(rng, AugmentConfig(scale=aug.scale, rotate_deg=aug.rotate_deg,
+                                              flip_prob=0.0), c.grid.spacing)
+        img, mz, ctr = localizer_input(c, size, spacing_mm, center, m)
+        # heart centre in coarse coordinates: invert x = ctr + mz (o - o_c)
+        o = np.linalg.solve(mz, targets[k] - ctr) + np.asarray(size) // 2
+        hm = heatmap(size, o, sigma_mm / spacing_mm)
+        return img[..., None], hm[..., None]
+
+    def tf_draw(i):
+        img, hm = tf.numpy_function(draw, [i], [tf.float32, tf.float32])
+        return tf.ensure_shape(img, size + (1,)), tf.ensure_shape(hm, size + (1,))
+
+    ds = tf.data.Dataset.range(start, 2 ** 62)
+    ds = ds.map(tf_draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

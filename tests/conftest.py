@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny phantom data set (coarse spacing) and the real-data folder."""
+import os
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TINY_SPACING = {"ct": (4.0, 4.0, 4.0), "mr": (5.0, 5.0, 6.0)}
+
+
+def need_shared(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.is_dir():
+        pytest.skip(f"real data not available: {path} is absent (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory) -> Path:
+    """MM-WHS-layout phantom: 3 CT train, 2 MRI train, 2 CT test, at 4-6 mm."""
+    from cm_trancaf.data.phantom import write_dataset
+    root = tmp_path_factory.mktemp("phantom")
+    write_dataset(root, n_ct=3, n_mr=2, n_test=2, seed=7, spacing=TINY_SPACING)
+    return root

@@ -1,0 +1,37 @@
+import dataclasses
+
+import pytest
+
+from cm_trancaf.config import (PRESETS, ConfigError, apply_overrides, get_preset, load_config,
+                               save_config)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_round_trips_through_json(name, tmp_path):
+    cfg = get_preset(name)
+    save_config(cfg, tmp_path / "config.json")
+    assert load_config(tmp_path / "config.json") == cfg
+
+
+def test_paper_preset_has_the_paper_numbers():
+    cfg = get_preset("paper")
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.steps) == (1e-5, 8, 40000)
+    assert cfg.data.roi_size == (64, 64, 64) and cfg.data.spacing == (3.0, 3.0, 3.0)
+    assert cfg.mtn.lam == 10.0 and cfg.train.lambda_focal == 0.1 and cfg.scn.kernel == (9, 9, 5)
+
+
+def test_overrides_are_typed_and_unknown_keys_fail():
+    cfg = apply_overrides(get_preset("cpu"), ["train.lr=0.5", "maunet.pab=False",
+                                              "data.enhance=none", "data.spacing=(2, 2, 3)"])
+    assert cfg.train.lr == 0.5 and cfg.maunet.pab is False and cfg.data.enhance == "none"
+    assert cfg.data.spacing == (2.0, 2.0, 3.0)
+    for bad in ["train.lrr=1", "train.lr='x'", "maunet.pab=3", "train=1", "nokey", "data.spacing=(1,2)"]:
+        with pytest.raises(ConfigError):
+            apply_overrides(cfg, [bad])
+    with pytest.raises(ConfigError):
+        get_preset("nope")
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        get_preset("paper").train.lr = 1.0
