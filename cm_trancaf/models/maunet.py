@@ -1,0 +1,121 @@
+"""MAUNet: U-shaped multi-attention network (SPEC module 2), the segmenter of the cascade.
+
+    x (B, 64, 64, 64, 1)
+    level 0  ResidualBlock(F)   ------------------------------- AG -- concat -- Res(F) -- 1x1 -- softmax
+      | maxpool                                                  ^ g
+    level 1  ResidualBlock(2F)  -------------------- AG -- concat -- Res(2F) -- up
+      | maxpool                                       ^ g
+    level 2  ResidualBlock(4F)  ---------- AG -- concat -- Res(4F) -- up
+      | maxpool                             ^ g
+    level 3  ResidualBlock(8F) -- PAB -- up                          (bottleneck, 8^3 positions)
+
+AG, additive attention gate (Oktay et al. 2018): alpha = sigmoid(psi(relu(theta(x) + phi(g))))
+in [0, 1] per voxel; the skip is replaced by alpha * x. PAB, position attention block (DANet,
+Fu et al. 2019): Q, K = 1x1x1 convs to C/8, V to C; A = softmax_j(Q_i . K_j) over the N = D*H*W
+positions; out = gamma * (A V) + x with gamma a scalar initialised to 0. Output: class
+probabilities (float32). Tensors are channels-last ``(B, D, H, W, C)``.
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from ..config import MAUNetConfig
+from .blocks import ResidualBlock
+
+__all__ = ["AttentionGate", "PositionAttention", "MAUNet", "build_maunet"]
+
+
+class AttentionGate(layers.Layer):
+    """Additive attention gate on a skip connection; returns (alpha * x, alpha)."""
+
+    def __init__(self, inter_filters: int, **kwargs):
+        super().__init__(**kwargs)
+        self.inter_filters = inter_filters
+        self.theta = layers.Conv3D(inter_filters, 1, use_bias=False)   # on the skip x
+        self.phi = layers.Conv3D(inter_filters, 1)                     # on the gating signal g
+        self.psi = layers.Conv3D(1, 1)
+
+    def call(self, x, g):
+        q = ops.relu(self.theta(x) + self.phi(g))          # (B, D, H, W, F_int)
+        alpha = ops.sigmoid(self.psi(q))                   # (B, D, H, W, 1) in [0, 1]
+        return x * alpha, alpha
+
+    def get_config(self):
+        return {**super().get_config(), "inter_filters": self.inter_filters}
+
+
+class PositionAttention(layers.Layer):
+    """DANet position attention: out = gamma * (V A^T) + x, gamma initialised to 0."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        self.query = layers.Conv3D(max(1, c // 8), 1)
+        self.key = layers.Conv3D(max(1, c // 8), 1)
+        self.value = layers.Conv3D(c, 1)
+        self.gamma = self.add_weight(name="gamma", shape=(), initializer="zeros")
+
+    def call(self, x):
+        b = ops.shape(x)[0]
+        d, h, w, c = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
+        n = d * h * w
+        q = ops.reshape(self.query(x), (b, n, -1))           # (B, N, C/8)
+        k = ops.reshape(self.key(x), (b, n, -1))             # (B, N, C/8)
+        v = ops.reshape(self.value(x), (b, n, c))            # (B, N, C)
+        attn = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 2, 1))), axis=-1)  # (B, N, N)
+        out = ops.reshape(ops.matmul(attn, v), (b, d, h, w, c))
+        return ops.cast(self.gamma, out.dtype) * out + x
+
+
+class MAUNet(keras.Model):
+    """MAUNet for inputs ``(B, D, H, W, 1)``, D/H/W divisible by 2**(levels-1)."""
+
+    def __init__(self, cfg: MAUNetConfig, num_classes: int, **kwargs):
+        super().__init__(**kwargs)
+        if cfg.levels < 2 or cfg.base_filters < 1 or num_classes < 2:
+            raise ValueError(f"MAUNet needs levels >= 2, base_filters >= 1, num_classes >= 2; "
+                             f"got {cfg.levels}, {cfg.base_filters}, {num_classes}")
+        self.cfg, self.num_classes = cfg, num_classes
+        f = [cfg.base_filters * 2 ** level for level in range(cfg.levels)]
+        self.encoder = [ResidualBlock(f[l], name=f"enc{l}") for l in range(cfg.levels)]
+        self.pool = layers.MaxPooling3D(2)
+        self.pab = PositionAttention(name="pab") if cfg.pab else None
+        self.up = [layers.Conv3DTranspose(f[l], 2, strides=2, name=f"up{l}")
+                   for l in range(cfg.levels - 1)]
+        self.gates = [AttentionGate(max(1, f[l] // 2), name=f"ag{l}") if cfg.attention_gates
+                      else None for l in range(cfg.levels - 1)]
+        self.decoder = [ResidualBlock(f[l], name=f"dec{l}") for l in range(cfg.levels - 1)]
+        self.drop = layers.Dropout(cfg.dropout) if cfg.dropout > 0 else None
+        self.head = layers.Conv3D(num_classes, 1, name="head")
+        self.softmax = layers.Softmax(axis=-1, dtype="float32")
+
+    def call(self, x, training=False, return_attention=False):
+        skips = []
+        for level, block in enumerate(self.encoder):          # encoder, level l: (B, D/2^l, ..)
+            x = block(x, training=training)
+            if level < len(self.encoder) - 1:
+                skips.append(x)
+                x = self.pool(x)
+        if self.pab is not None:                              # bottleneck (B, D/8, H/8, W/8, 8F)
+            x = self.pab(x)
+        alphas = []
+        for level in reversed(range(len(skips))):             # decoder, coarse to fine
+            g = self.up[level](x)                             # (B, D/2^l, .., F_l)
+            skip = skips[level]
+            if self.gates[level] is not None:
+                skip, alpha = self.gates[level](skip, g)
+                alphas.append(alpha)
+            x = self.decoder[level](ops.concatenate([g, skip], axis=-1), training=training)
+        if self.drop is not None:
+            x = self.drop(x, training=training)
+        probs = self.softmax(self.head(x))                    # (B, D, H, W, K)
+        return (probs, alphas[::-1]) if return_attention else probs
+
+
+def build_maunet(cfg: MAUNetConfig, num_classes: int, roi_size=(64, 64, 64)) -> MAUNet:
+    model = MAUNet(cfg, num_classes, name="maunet")
+    model(keras.ops.zeros((1, *roi_size, 1)))
+    return model

@@ -1,0 +1,151 @@
+"""The training loop shared by every module (nanoGPT's outer loop around a ``tf.function`` step).
+
+    step_fn = make_step(...)                        # @tf.function, traced once (fixed shapes)
+    for step in range(start, steps):
+        logs = step_fn(*next(batches))              # dict of scalar tensors
+        log every ``log_every``  -> log.csv, TensorBoard, progress bar
+        validate every ``val_every`` -> best checkpoint when the metric improves
+        checkpoint every ``ckpt_every`` -> last checkpoint (model, optimizer, step)
+
+Run folder: ``config.json``, ``ckpt/last/``, ``ckpt/best/``, ``log.csv``, ``tb/``,
+``summary.json``. Resume: the last checkpoint gives the step; the data pipeline restarts at sample
+``step * batch`` (its samples are seeded by index), so a resumed run sees the same data.
+
+Checkpoints hold a flat map of variables keyed by creation order: Keras 3 layers kept in Python
+lists are not tracked by ``tf.train.Checkpoint`` through the model object.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from ..utils import UserError, atomic_write_text
+
+__all__ = ["variables_checkpoint", "Run", "train_loop", "restore"]
+
+
+def _vars(obj) -> dict:
+    # keyed by creation order (+ the variable's own name for readability): Keras numbers unnamed
+    # layers per process, so paths differ between two builds of the same architecture
+    return {f"v{i:04d}_{v.name}": v.value if isinstance(getattr(v, "value", None), tf.Variable)
+            else v for i, v in enumerate(obj.variables)}
+
+
+def variables_checkpoint(**objects) -> tf.train.Checkpoint:
+    """A ``tf.train.Checkpoint`` over the variables of Keras models/optimizers and tf.Variables."""
+    parts = {}
+    for name, obj in objects.items():
+        parts[name] = obj if isinstance(obj, tf.Variable) else tf.train.Checkpoint(**_vars(obj))
+    return tf.train.Checkpoint(**parts)
+
+
+def restore(run_dir: Path, which: str = "best", **objects) -> int:
+    """Restore models from ``run_dir/ckpt/<which>`` (falls back to last); returns the step."""
+    step = tf.Variable(0, dtype=tf.int64)
+    ckpt = variables_checkpoint(step=step, **objects)
+    for name in (which, "last"):
+        path = tf.train.latest_checkpoint(str(Path(run_dir) / "ckpt" / name))
+        if path:
+            try:
+                ckpt.restore(path).expect_partial().assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                raise UserError(f"{path}: checkpoint does not match this model/config "
+                                f"({str(e).splitlines()[0][:160]})") from None
+            return int(step.numpy())
+    raise UserError(f"{run_dir}: no checkpoint found (expected ckpt/{which} or ckpt/last)")
+
+
+@dataclass
+class Run:
+    """What a training loop needs besides the step function."""
+    run_dir: Path
+    steps: int
+    log_every: int
+    val_every: int
+    ckpt_every: int
+    batch_size: int
+    lr: float
+    objects: dict                                   # name -> model / optimizer to checkpoint
+    validate: Callable[[], dict] | None = None      # returns {"metric": value, ...}
+    metric: str = "val/dice"
+    higher_is_better: bool = True
+    desc: str = "train"
+    history: list = field(default_factory=list)
+
+
+def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callable) -> dict:
+    """Run (or resume) training; returns the summary written to ``summary.json``."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    step_var = tf.Variable(0, dtype=tf.int64)
+    ckpt = variables_checkpoint(step=step_var, **run.objects)
+    last = tf.train.CheckpointManager(ckpt, str(run.run_dir / "ckpt" / "last"), max_to_keep=2)
+    best = tf.train.CheckpointManager(ckpt, str(run.run_dir / "ckpt" / "best"), max_to_keep=1)
+    best_value = -math.inf if run.higher_is_better else math.inf
+    state_file = run.run_dir / "best.json"
+    if last.latest_checkpoint:
+        ckpt.restore(last.latest_checkpoint)
+        if state_file.exists():
+            best_value = json.loads(state_file.read_text())["value"]
+    start = int(step_var.numpy())
+    batches = iter(make_batches(start * run.batch_size))
+    writer = tf.summary.create_file_writer(str(run.run_dir / "tb"))
+    log_path = run.run_dir / "log.csv"
+    t0, logs = time.time(), {}
+    bar = tqdm(range(start, run.steps), initial=start, total=run.steps, desc=run.desc,
+               leave=False, dynamic_ncols=True, mininterval=2.0)
+    for step in bar:
+        logs = step_fn(*next(batches))
+        if step % run.log_every == 0 or step == run.steps - 1:
+            row = {"step": step, **{k: float(v) for k, v in logs.items()}}
+            if not all(np.isfinite(v) for v in row.values()):
+                raise FloatingPointError(f"non-finite loss at step {step}: {row}; last good "
+                                         f"checkpoint: {last.latest_checkpoint}")
+            _append_csv(log_path, row)
+            with writer.as_default(step=step):
+                for k, v in row.items():
+                    if k != "step":
+                        tf.summary.scalar(k, v)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
+        done = step + 1
+        if run.validate is not None and (done % run.val_every == 0 or done == run.steps):
+            val = run.validate()
+            with writer.as_default(step=step):
+                for k, v in val.items():
+                    tf.summary.scalar(k, v)
+            _append_csv(run.run_dir / "val.csv", {"step": done, **val})
+            value = val[run.metric]
+            if (value > best_value) if run.higher_is_better else (value < best_value):
+                best_value = value
+                step_var.assign(done)
+                best.save(checkpoint_number=done)
+                atomic_write_text(state_file, json.dumps({"step": done, "value": value}))
+        if done % run.ckpt_every == 0 or done == run.steps:
+            step_var.assign(done)
+            last.save(checkpoint_number=done)
+    bar.close()
+    writer.flush()
+    if run.validate is None and not best.latest_checkpoint:
+        best.save(checkpoint_number=run.steps)
+    summary = {"steps": run.steps, "seconds": round(time.time() - t0, 1),
+               "final": {k: float(v) for k, v in logs.items()}, "best": {run.metric: best_value}}
+    atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)

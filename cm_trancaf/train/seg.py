@@ -1,0 +1,228 @@
+"""Training of the segmentation cascade: localizer, MAUNet, SCN (``cm-trancaf train-seg``).
+
+    run_dir/
+      config.json          resolved ExperimentConfig (what predict reloads)
+      split.json           training / validation case ids, generated cases used
+      localizer/  maunet/  scn/      each: ckpt/{last,best}, log.csv, val.csv, tb/, summary.json
+
+Training data: the real training cases plus round(r * N_generated) synthetic cases from
+``cm-trancaf translate`` (chosen reproducibly by the seed). Validation: held-out real cases, Dice
+on the ROI at the ground-truth heart centre (MAUNet, SCN) or centre error in mm (localizer).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ..config import ExperimentConfig, save_config
+from ..data.datasets import Case, LabelSet, find_cases, generated_cases, get_labelset, load_case
+from ..data.pipeline import localizer_dataset, localizer_input, roi_dataset
+from ..data.preprocess import Prepared, crop, foreground_center, prepare
+from ..losses import dice_focal, heatmap_l2
+from ..models.localizer import build_localizer, heatmap_peak
+from ..models.maunet import build_maunet
+from ..models.scn import build_scn
+from ..utils import UserError, atomic_write_text
+from .loop import Run, train_loop
+
+__all__ = ["prepare_cases", "split_cases", "pick_generated", "train_localizer", "train_maunet",
+           "train_scn", "train_segmentation", "locate", "segment_roi", "dice_per_class"]
+
+STAGES = ("localizer", "maunet", "scn")
+
+
+def prepare_cases(cases: list[Case], labelset: LabelSet, cfg: ExperimentConfig) -> list[Prepared]:
+    out = []
+    for c in cases:
+        image, label = load_case(c, labelset)
+        modality = c.modality if c.modality in ("ct", "mr") else cfg.data.modality
+        out.append(prepare(image, label, cfg.data, modality, labelset.num_classes, c.case_id))
+    return out
+
+
+def split_cases(cases: list[Case], val_fraction: float = 0.2) -> tuple[list[Case], list[Case]]:
+    """Deterministic split: the last ceil(fraction * n) cases validate (none if n < 2)."""
+    n_val = 0 if len(cases) < 2 else max(1, math.ceil(val_fraction * len(cases)))
+    return cases[: len(cases) - n_val], cases[len(cases) - n_val:]
+
+
+def pick_generated(cases: list[Case], ratio: float, seed: int) -> list[Case]:
+    """round(r * N_generated) synthetic cases, chosen reproducibly from the seed (SPEC ratio r)."""
+    if not 0.0 <= ratio <= 1.0:
+        raise UserError(f"generated-data ratio must be in [0, 1], got {ratio}")
+    k = int(round(ratio * len(cases)))
+    order = np.random.default_rng(seed).permutation(len(cases))
+    return [cases[i] for i in sorted(order[:k])]
+
+
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
+    """Dice of each foreground class; 1 when a class is absent from both."""
+    out = []
+    for k in range(1, num_classes):
+        a, b = pred == k, truth == k
+        s = a.sum() + b.sum()
+        out.append(1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s)
+    return np.asarray(out)
+
+
+def locate(localizer, case: Prepared, cfg: ExperimentConfig) -> np.ndarray:
+    """Heart centre (working-grid index, D H W) predicted by the localizer."""
+    size = cfg.localizer.size
+    img, m, ctr = localizer_input(case, size, cfg.localizer.spacing_mm)
+    hm = np.asarray(localizer(img[None, ..., None], training=False))[0, ..., 0]
+    return ctr + m @ (heatmap_peak(hm) - np.asarray(size) // 2)
+
+
+def segment_roi(maunet, scn, roi: np.ndarray) -> np.ndarray:
+    """Class probabilities (D, H, W, K) of an ROI image (D, H, W): MAUNet, then SCN if given."""
+    x = roi[None, ..., None].astype(np.float32)
+    probs = maunet(x, training=False)
+    if scn is not None:
+        probs = scn(probs, x, training=False)
+    return np.asarray(probs)[0]
+
+
+def _adam(lr):
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def _run(cfg_train, run_dir, objects, validate, metric, higher, desc, batch):
+    return Run(Path(run_dir), cfg_train.steps, cfg_train.log_every, cfg_train.val_every,
+               cfg_train.ckpt_every, batch, cfg_train.lr, objects, validate, metric, higher, desc)
+
+
+def train_localizer(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepared],
+                    run_dir: Path) -> dict:
+    t, lc = cfg.train_localizer, cfg.localizer
+    model, opt = build_localizer(lc), _adam(t.lr)
+    opt.build(model.trainable_variables)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = 100.0 * heatmap_l2(y, model(x, training=True))   # heatmaps are mostly 0
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                model.trainable_variables))
+        return {"loss/heatmap": loss}
+
+    def validate():
+        err = [np.linalg.norm((locate(model, c, cfg) - foreground_center(c.label))
+                              * np.asarray(c.grid.spacing)[::-1]) for c in val or train]
+        return {"val/center_error_mm": float(np.mean(err))}
+
+    batches = lambda start: localizer_dataset(train, lc.size, lc.spacing_mm, lc.sigma_mm,
+                                              cfg.augment, t.batch_size, t.seed, start)
+    run = _run(t, run_dir, {"model": model, "optimizer": opt}, validate, "val/center_error_mm",
+               False, "localizer", t.batch_size)
+    return train_loop(run, batches, step)
+
+
+def _roi_dice(maunet, scn, cases: list[Prepared], cfg: ExperimentConfig, num_classes: int):
+    dice = []
+    for c in cases:
+        center = foreground_center(c.label)
+        roi, _ = crop(c.image, center, cfg.data.roi_size, fill=-1.0)
+        lab, _ = crop(c.label, center, cfg.data.roi_size, fill=0)
+        pred = np.argmax(segment_roi(maunet, scn, roi), -1)
+        dice.append(dice_per_class(pred, lab, num_classes))
+    return {"val/dice": float(np.mean(dice))}
+
+
+def train_maunet(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepared],
+                 run_dir: Path, num_classes: int) -> dict:
+    t = cfg.train
+    model, opt = build_maunet(cfg.maunet, num_classes, cfg.data.roi_size), _adam(t.lr)
+    opt.build(model.trainable_variables)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = dice_focal(y, model(x, training=True), t.lambda_focal, t.focal_gamma)
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                model.trainable_variables))
+        return {"loss/dice_focal": loss}
+
+    batches = lambda start: roi_dataset(train, cfg.data.roi_size, num_classes, cfg.augment,
+                                        t.batch_size, t.seed, start)
+    run = _run(t, run_dir, {"model": model, "optimizer": opt},
+               lambda: _roi_dice(model, None, val or train, cfg, num_classes), "val/dice", True,
+               "maunet", t.batch_size)
+    return train_loop(run, batches, step)
+
+
+def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Prepared],
+              run_dir: Path, num_classes: int) -> dict:
+    """SCN on top of the MAUNet output; MAUNet frozen (default) or fine-tuned jointly."""
+    t = cfg.train
+    scn, opt = build_scn(cfg.scn, num_classes, cfg.data.roi_size), _adam(t.lr)
+    joint = not cfg.scn.freeze_maunet
+    variables = scn.trainable_variables + (maunet.trainable_variables if joint else [])
+    opt.build(variables)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            probs = maunet(x, training=joint)
+            if not joint:
+                probs = tf.stop_gradient(probs)
+            loss = dice_focal(y, scn(probs, x, training=True), t.lambda_focal, t.focal_gamma)
+        opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return {"loss/dice_focal": loss}
+
+    batches = lambda start: roi_dataset(train, cfg.data.roi_size, num_classes, cfg.augment,
+                                        t.batch_size, t.seed + 1, start)
+    objects = {"model": scn, "optimizer": opt}
+    if joint:
+        objects["maunet"] = maunet
+    run = _run(t, run_dir, objects, lambda: _roi_dice(maunet, scn, val or train, cfg, num_classes),
+               "val/dice", True, "scn", t.batch_size)
+    return train_loop(run, batches, step)
+
+
+def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: str | Path,
+                       layout: str = "mmwhs", stages=STAGES, generated: str | Path | None = None,
+                       codes=None, **layout_kw) -> dict:
+    """Train the requested stages into ``run_dir``; returns {stage: summary}."""
+    from .loop import restore
+    run_dir = Path(run_dir)
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise UserError(f"unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
+    labelset = get_labelset(cfg.data.labels, codes)
+    if layout == "mmwhs":
+        layout_kw = {"modality": cfg.data.modality, "split": "train", **layout_kw}
+    cases = find_cases(data_root, layout, **layout_kw)
+    if any(c.label is None for c in cases):
+        missing = [str(c.image) for c in cases if c.label is None][:3]
+        raise UserError(f"training cases without label maps: {missing}")
+    train_cases, val_cases = split_cases(cases)
+    extra = []
+    if generated is not None:
+        extra = pick_generated(generated_cases(generated), cfg.mtn.ratio, cfg.train.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.json")
+    atomic_write_text(run_dir / "split.json", json.dumps({
+        "labels": labelset.name, "codes": list(labelset.codes), "data_root": str(data_root),
+        "train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases],
+        "generated": [c.case_id for c in extra]}, indent=2))
+    keras.utils.set_random_seed(cfg.train.seed)
+    train = prepare_cases(train_cases + extra, labelset, cfg)
+    real_train = train[: len(train_cases)]
+    val = prepare_cases(val_cases, labelset, cfg)
+    k = labelset.num_classes
+    out = {}
+    if "localizer" in stages:
+        out["localizer"] = train_localizer(cfg, real_train, val, run_dir / "localizer")
+    if "maunet" in stages or ("scn" in stages and cfg.scn.enabled):
+        if "maunet" in stages:
+            out["maunet"] = train_maunet(cfg, train, val, run_dir / "maunet", k)
+        maunet = build_maunet(cfg.maunet, k, cfg.data.roi_size)
+        restore(run_dir / "maunet", "best", model=maunet)
+        if "scn" in stages and cfg.scn.enabled:
+            out["scn"] = train_scn(cfg, maunet, train, val, run_dir / "scn", k)
+    return out
