@@ -59,6 +59,61 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train_seg(args) -> int:
+    from .train.seg import STAGES, train_segmentation
+    cfg = _config(args)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    kw = {}
+    if args.layout == "mscmrseg":
+        kw["sequence"] = args.sequence
+    out = train_segmentation(cfg, args.data, args.out, args.layout, stages, args.generated,
+                             _codes(args), **kw)
+    for stage, summary in out.items():
+        print(f"{stage}: {summary['best']}  ({summary['seconds']} s)")
+    return 0
+
+
+def _codes(args):
+    return tuple(int(c) for c in args.codes.split(",")) if getattr(args, "codes", None) else None
+
+
+def cmd_train_mtn(args) -> int:
+    from .train.mtn import train_mtn
+    cfg = _config(args)
+    if args.layout == "mmwhs":
+        source, target = {"modality": "mr", "split": "train"}, {"modality": "ct", "split": "train"}
+    else:
+        source, target = {"sequence": args.source}, {"sequence": args.target}
+    summary = train_mtn(cfg, args.data, args.out, args.layout, source, target)
+    print(f"mtn: {summary['final']}  ({summary['seconds']} s)")
+    return 0
+
+
+def cmd_translate(args) -> int:
+    from .train.mtn import translate_folder
+    rows = translate_folder(args.run, args.input, args.out, overwrite=args.overwrite)
+    print(f"translated {len(rows)} volume(s) into {args.out} (manifest.csv)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_files
+    files = predict_files(args.run, args.input, args.out, args.modality, args.overwrite,
+                          args.iso1mm, args.probs, args.profile)
+    print(f"wrote {len(files)} label map(s) to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .data.datasets import get_labelset
+    from .metrics import evaluate_folders
+    from .reporting import format_summary
+    labelset = get_labelset(args.labels, _codes(args))
+    _, summary = evaluate_folders(args.pred, args.gt, labelset, args.out, args.iso1mm)
+    print(format_summary(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cm-trancaf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"cm-trancaf {__version__}")
@@ -83,6 +138,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("train-seg", help="train localizer, MAUNet and SCN (all, or one stage)")
+    p.add_argument("--data", required=True, help="data set root folder")
+    p.add_argument("--layout", default="mmwhs",
+                   choices=["mmwhs", "mscmrseg", "acdc", "generic", "generated"])
+    p.add_argument("--sequence", default="C0", help="MS-CMRSeg sequence (C0, LGE, T2)")
+    p.add_argument("--codes", help="label codes for --set data.labels=generic, e.g. 1,2,3")
+    p.add_argument("--generated", metavar="DIR", help="synthetic CT from `translate` (ratio mtn.ratio)")
+    p.add_argument("--stage", default="all", choices=["all", "localizer", "maunet", "scn"])
+    p.add_argument("--out", required=True, help="run folder (config.json, <stage>/ckpt, logs)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train_seg)
+
+    p = sub.add_parser("train-mtn", help="train the MTN (3D CycleGAN, source -> target)")
+    p.add_argument("--data", required=True, help="data set root (MM-WHS: mr_train -> ct_train)")
+    p.add_argument("--layout", default="mmwhs", choices=["mmwhs", "mscmrseg"])
+    p.add_argument("--source", default="C0", help="MS-CMRSeg source sequence (default C0)")
+    p.add_argument("--target", default="LGE", help="MS-CMRSeg target sequence (default LGE)")
+    p.add_argument("--out", required=True, help="run folder")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train_mtn)
+
+    p = sub.add_parser("translate", help="translate source volumes with G_c, labels carried over")
+    p.add_argument("--run", required=True, help="train-mtn run folder")
+    p.add_argument("--input", required=True, help="an image or a folder (labels beside are copied)")
+    p.add_argument("--out", required=True, help="output folder (<case>_image/_label, manifest.csv)")
+    p.add_argument("--overwrite", action="store_true", help="redo cases already written")
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("predict", help="segment whole volumes onto each input's exact grid")
+    p.add_argument("--run", required=True, help="train-seg run folder")
+    p.add_argument("--input", required=True, help="an image file or a folder of images")
+    p.add_argument("--out", required=True, help="output folder (<case>_label.nii.gz)")
+    p.add_argument("--modality", choices=["ct", "mr"], help="default: the run's data.modality")
+    p.add_argument("--iso1mm", action="store_true", help="also write the 1 mm MM-WHS grid")
+    p.add_argument("--probs", action="store_true", help="also write ROI class probabilities")
+    p.add_argument("--overwrite", action="store_true", help="redo cases already written")
+    p.add_argument("--profile", action="store_true", help="print per-stage timings")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="Dice / Jaccard / HD per case and structure")
+    p.add_argument("--pred", required=True, help="folder of predicted *_label files")
+    p.add_argument("--gt", required=True, help="folder of ground-truth *_label files")
+    p.add_argument("--labels", default="mmwhs", help="label set: mmwhs, mscmrseg, acdc, generic")
+    p.add_argument("--codes", help="codes for --labels generic, e.g. 1,2,3")
+    p.add_argument("--out", help="per-case CSV (a _summary.csv is written beside it)")
+    p.add_argument("--iso1mm", action="store_true", help="evaluate at 1 mm (MM-WHS challenge)")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -20,8 +20,8 @@ from ..config import AugmentConfig
 from .phantom import random_rotation
 from .preprocess import Prepared, foreground_center
 
-__all__ = ["augment_matrix", "sample_roi", "roi_dataset", "localizer_input", "localizer_dataset",
-           "heatmap"]
+__all__ = ["augment_matrix", "sample_roi", "roi_dataset", "patch_dataset", "localizer_input",
+           "localizer_dataset", "heatmap"]
 
 
 def augment_matrix(rng: np.random.Generator, aug: AugmentConfig, spacing_xyz) -> np.ndarray:
@@ -88,6 +88,28 @@ def roi_dataset(cases: list[Prepared], roi_size, num_classes: int, aug: AugmentC
 
     ds = tf.data.Dataset.range(start, 2 ** 62)
     ds = ds.map(tf_draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def patch_dataset(images: list[np.ndarray], patch_size, batch_size: int, seed: int,
+                  start: int = 0, fill: float = -1.0) -> tf.data.Dataset:
+    """Random unaligned 3D patches ``(B, d, h, w, 1)`` of whole volumes (MTN: unpaired training),
+    centres drawn uniformly over each volume, random flips; seeded by sample index."""
+    size = tuple(int(s) for s in patch_size)
+
+    def draw(i):
+        rng = np.random.default_rng([seed, int(i)])
+        img = images[int(rng.integers(len(images)))]
+        center = rng.uniform(0, 1, 3) * (np.asarray(img.shape) - 1)
+        patch, _ = sample_roi(img, None, center, size, fill=fill)
+        for ax in range(3):
+            if rng.random() < 0.5:
+                patch = np.flip(patch, ax)
+        return np.ascontiguousarray(patch[..., None], np.float32)
+
+    ds = tf.data.Dataset.range(start, 2 ** 62)
+    ds = ds.map(lambda i: tf.ensure_shape(tf.numpy_function(draw, [i], tf.float32), size + (1,)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

@@ -20,7 +20,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -80,7 +80,7 @@ class Run:
     metric: str = "val/dice"
     higher_is_better: bool = True
     desc: str = "train"
-    history: list = field(default_factory=list)
+    schedule: Callable[[int], None] | None = None    # called before each step (e.g. set the lr)
 
 
 def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callable) -> dict:
@@ -104,6 +104,8 @@ def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callabl
     bar = tqdm(range(start, run.steps), initial=start, total=run.steps, desc=run.desc,
                leave=False, dynamic_ncols=True, mininterval=2.0)
     for step in bar:
+        if run.schedule is not None:
+            run.schedule(step)
         logs = step_fn(*next(batches))
         if step % run.log_every == 0 or step == run.steps - 1:
             row = {"step": step, **{k: float(v) for k, v in logs.items()}}
@@ -136,8 +138,11 @@ def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callabl
     writer.flush()
     if run.validate is None and not best.latest_checkpoint:
         best.save(checkpoint_number=run.steps)
-    summary = {"steps": run.steps, "seconds": round(time.time() - t0, 1),
-               "final": {k: float(v) for k, v in logs.items()}, "best": {run.metric: best_value}}
+    final = {k: float(v) for k, v in logs.items()}
+    if run.validate is None:  # no validation: the last checkpoint is the one to use
+        best_value = final.get(run.metric, float("nan"))
+    summary = {"steps": run.steps, "seconds": round(time.time() - t0, 1), "final": final,
+               "best": {run.metric: best_value}}
     atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 

@@ -1,0 +1,138 @@
+"""Evaluation (SPEC "Evaluation"): Dice, Jaccard, Hausdorff (mm), HD95, ASSD, volumes.
+
+Per case and structure. Distances use the physical spacing (anisotropic allowed):
+    HD    = max(max_{a in A} d(a, B), max_{b in B} d(b, A)), d to the nearest voxel of the other
+            set (as SimpleITK's HausdorffDistanceImageFilter)
+    HD95, ASSD: 95th percentile and mean of the distances between the two surfaces (both ways)
+Missing structures: both absent -> Dice = Jaccard = 1, distances 0; absent from exactly one ->
+Dice = Jaccard = 0 and distances NaN; summaries report mean +- std over the finite values and
+the number of cases left out (column ``n_missing``), never a silent NaN.
+Whole heart (WHS): ``mean`` over the structures, and ``generalised`` (volume-weighted)
+Dice = 2 sum_k |S_k & T_k| / sum_k (|S_k| + |T_k|) (and Jaccard likewise).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .data.datasets import LabelSet
+from .data.io import check_same_grid, read_label
+from .utils import UserError, atomic_path
+
+__all__ = ["overlap", "distances", "evaluate_case", "summarize", "evaluate_folders"]
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(Dice, Jaccard) of two boolean masks."""
+    sa, sb = int(a.sum()), int(b.sum())
+    if sa + sb == 0:
+        return 1.0, 1.0
+    inter = int(np.logical_and(a, b).sum())
+    return 2 * inter / (sa + sb), inter / (sa + sb - inter)
+
+
+def _surface(mask):
+    return mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3, 3)), border_value=0)
+
+
+def distances(a: np.ndarray, b: np.ndarray, spacing_dhw) -> tuple[float, float, float]:
+    """(HD, HD95, ASSD) in mm between boolean masks on a grid with ``spacing_dhw``."""
+    if not a.any() and not b.any():
+        return 0.0, 0.0, 0.0
+    if not a.any() or not b.any():
+        return float("nan"), float("nan"), float("nan")
+    idx = np.argwhere(a | b)                      # crop to the joint bounding box (+1 voxel)
+    lo, hi = np.maximum(idx.min(0) - 1, 0), np.minimum(idx.max(0) + 2, a.shape)
+    box = tuple(slice(l, h) for l, h in zip(lo, hi))
+    a, b = np.pad(a[box], 1), np.pad(b[box], 1)
+    da = ndimage.distance_transform_edt(~a, sampling=spacing_dhw)   # distance to A
+    db = ndimage.distance_transform_edt(~b, sampling=spacing_dhw)
+    hd = max(db[a].max(), da[b].max())
+    sa, sb = _surface(a), _surface(b)
+    # surface-to-surface: distance from a surface voxel to the other object's surface
+    dsa = ndimage.distance_transform_edt(~sb, sampling=spacing_dhw)[sa]
+    dsb = ndimage.distance_transform_edt(~sa, sampling=spacing_dhw)[sb]
+    surf = np.concatenate([dsa, dsb])
+    return float(hd), float(np.percentile(surf, 95)), float(surf.mean())
+
+
+def evaluate_case(pred: np.ndarray, truth: np.ndarray, spacing_xyz, labelset: LabelSet,
+                  case_id: str = "") -> list[dict]:
+    """Rows (one per structure + the two WHS rows) for class maps ``pred``, ``truth`` (D, H, W)."""
+    sp = tuple(float(s) for s in spacing_xyz)[::-1]
+    voxel_ml = float(np.prod(sp)) / 1000.0
+    rows, inter_sum, size_sum = [], 0, 0
+    for k, name in enumerate(labelset.names, start=1):
+        a, b = pred == k, truth == k
+        dice, jac = overlap(a, b)
+        hd, hd95, assd = distances(a, b, sp)
+        inter_sum += int(np.logical_and(a, b).sum())
+        size_sum += int(a.sum() + b.sum())
+        rows.append({"case": case_id, "structure": name, "missing": bool(a.any()) != bool(b.any()),
+                     "dice": dice, "jaccard": jac, "hd_mm": hd,
+                     "hd95_mm": hd95, "assd_mm": assd, "vol_pred_ml": a.sum() * voxel_ml,
+                     "vol_gt_ml": b.sum() * voxel_ml})
+    mean = {m: float(np.nanmean([r[m] for r in rows])) for m in ("dice", "jaccard", "hd_mm",
+                                                                  "hd95_mm", "assd_mm")}
+    rows.append({"case": case_id, "structure": "WHS_mean", **mean})
+    gd = 2 * inter_sum / size_sum if size_sum else 1.0
+    rows.append({"case": case_id, "structure": "WHS_generalised", "dice": gd,
+                 "jaccard": gd / (2 - gd)})
+    return rows
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """mean, std and n_missing (NaN distances) per structure, in the label set's order."""
+    metrics = ["dice", "jaccard", "hd_mm", "hd95_mm", "assd_mm"]
+    order = list(dict.fromkeys(df["structure"]))
+    g = df.groupby("structure", sort=False)[metrics]
+    out = g.mean().add_suffix("_mean").join(g.std(ddof=0).add_suffix("_std"))
+    out["n_cases"] = g.size()
+    out["n_missing"] = df.groupby("structure", sort=False)["missing"].apply(
+        lambda s: int(s.fillna(False).astype(bool).sum()))
+    return out.loc[order]
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    from .predict import case_id_of
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    files = {case_id_of(p): p for p in sorted(folder.iterdir())
+             if p.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd")) and "_label" in p.name
+             and "_1mm" not in p.name}
+    if not files:
+        raise UserError(f"{folder}: no *_label files")
+    return files
+
+
+def evaluate_folders(pred_dir, gt_dir, labelset: LabelSet, out_csv=None,
+                     iso1mm: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Match ``*_label`` files by case id; per-case rows and the summary (optionally CSV)."""
+    from .data.preprocess import working_grid
+    preds, gts = _label_files(Path(pred_dir)), _label_files(Path(gt_dir))
+    common = sorted(set(preds) & set(gts))
+    if not common:
+        raise UserError(f"no case ids in common between {pred_dir} and {gt_dir}")
+    rows = []
+    for cid in common:
+        p, t = read_label(preds[cid], labelset.codes), read_label(gts[cid], labelset.codes)
+        check_same_grid(t, p, gts[cid], preds[cid])
+        if iso1mm:  # MM-WHS challenge: 1 mm isotropic, nearest neighbour
+            grid = working_grid(t, (1.0, 1.0, 1.0))
+            p, t = [sitk.Resample(x, grid.reference(), sitk.Transform(), sitk.sitkNearestNeighbor,
+                                  0, x.GetPixelID()) for x in (p, t)]
+        pa = labelset.to_classes(sitk.GetArrayViewFromImage(p), str(preds[cid]))
+        ta = labelset.to_classes(sitk.GetArrayViewFromImage(t), str(gts[cid]))
+        rows += evaluate_case(pa, ta, t.GetSpacing(), labelset, cid)
+    df = pd.DataFrame(rows)
+    summary = summarize(df)
+    if out_csv is not None:
+        with atomic_path(out_csv) as tmp:
+            df.to_csv(tmp, index=False)
+        with atomic_path(Path(out_csv).with_name(Path(out_csv).stem + "_summary.csv")) as tmp:
+            summary.to_csv(tmp)
+    return df, summary

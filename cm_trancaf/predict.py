@@ -1,0 +1,156 @@
+"""Whole-volume prediction with the trained cascade (``cm-trancaf predict``).
+
+    read (validated) -> working grid (prepare) -> localizer: heart centre
+      -> crop ROI (padded where the heart leaves the field of view) -> MAUNet -> SCN
+      -> paste back into the working grid -> resample onto the input's exact grid
+      -> label codes of the data set -> ``<case>_label.nii.gz`` (atomic write)
+Optional: ``--iso1mm`` also writes the MM-WHS evaluation grid (1 mm, nearest neighbour);
+``--probs`` writes the ROI class probabilities (float32, K channels) on the working grid.
+A run folder from ``train-seg`` is all that is needed: config.json + checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .config import ExperimentConfig, load_config
+from .data.datasets import LabelSet, get_labelset
+from .data.io import Geometry, read_image, write_image
+from .data.preprocess import Prepared, crop, paste, prepare, resample_labels, to_source, working_grid
+from .utils import UserError
+
+__all__ = ["Cascade", "predict_files", "case_id_of"]
+
+
+@dataclass
+class Cascade:
+    cfg: ExperimentConfig
+    labelset: LabelSet
+    localizer: object
+    maunet: object
+    scn: object | None
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "Cascade":
+        from .models.localizer import build_localizer
+        from .models.maunet import build_maunet
+        from .models.scn import build_scn
+        from .train.loop import restore
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").is_file():
+            raise UserError(f"{run_dir}: not a train-seg run folder (no config.json)")
+        cfg = load_config(run_dir / "config.json")
+        split = json.loads((run_dir / "split.json").read_text())
+        labelset = get_labelset(split["labels"], tuple(split["codes"]))
+        k = labelset.num_classes
+        localizer = build_localizer(cfg.localizer)
+        restore(run_dir / "localizer", "best", model=localizer)
+        maunet = build_maunet(cfg.maunet, k, cfg.data.roi_size)
+        scn = None
+        if cfg.scn.enabled and (run_dir / "scn" / "ckpt").exists():
+            scn = build_scn(cfg.scn, k, cfg.data.roi_size)
+            if cfg.scn.freeze_maunet:
+                restore(run_dir / "maunet", "best", model=maunet)
+                restore(run_dir / "scn", "best", model=scn)
+            else:
+                restore(run_dir / "scn", "best", model=scn, maunet=maunet)
+        else:
+            restore(run_dir / "maunet", "best", model=maunet)
+        return cls(cfg, labelset, localizer, maunet, scn)
+
+    def segment(self, prep: Prepared, center=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Working-grid class map, ROI probabilities (D, H, W, K) and the ROI start index."""
+        from .train.seg import locate, segment_roi
+        if center is None:
+            center = locate(self.localizer, prep, self.cfg)
+        roi, start = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0)
+        probs = segment_roi(self.maunet, self.scn, roi)
+        classes = paste(np.argmax(probs, -1).astype(np.uint8), start, prep.image.shape, 0)
+        return classes, probs, start
+
+    def predict_image(self, image: sitk.Image, modality: str | None = None,
+                      profile: dict | None = None) -> sitk.Image:
+        """Label map in the data set's codes on ``image``'s exact grid."""
+        t = time.perf_counter()
+        prep = prepare(image, None, self.cfg.data, modality or self.cfg.data.modality,
+                       self.labelset.num_classes)
+        t1 = time.perf_counter()
+        classes, _, _ = self.segment(prep)
+        t2 = time.perf_counter()
+        out = to_source(classes, prep, self.labelset.num_classes)
+        codes = sitk.GetImageFromArray(self.labelset.to_codes(sitk.GetArrayViewFromImage(out)))
+        codes.CopyInformation(out)
+        if profile is not None:
+            profile.update(preprocess=t1 - t, network=t2 - t1, paste_back=time.perf_counter() - t2)
+        return codes
+
+
+def case_id_of(path: Path) -> str:
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    for suffix in ("_image", "_label", "_pred"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def _inputs(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd"))
+                   and "_label" not in p.name)
+    if not files:
+        raise UserError(f"{path}: no image files (.nii.gz, .nii, .mha, .nrrd) in this folder")
+    return files
+
+
+def predict_files(run_dir: str | Path, inputs: str | Path, out_dir: str | Path,
+                  modality: str | None = None, overwrite: bool = False, iso1mm: bool = False,
+                  probs: bool = False, profile: bool = False) -> list[Path]:
+    """Predict every input image; returns the written label files (skips finished cases)."""
+    cascade = Cascade.load(run_dir)
+    out_dir = Path(out_dir)
+    written = []
+    for path in _inputs(Path(inputs)):
+        cid = case_id_of(path)
+        target = out_dir / f"{cid}_label.nii.gz"
+        if target.exists() and not overwrite:
+            print(f"{cid}: exists, skipped (use --overwrite)")
+            written.append(target)
+            continue
+        t0 = time.perf_counter()
+        image = read_image(path)
+        timing = {"read": time.perf_counter() - t0}
+        label = cascade.predict_image(image, modality, timing)
+        t1 = time.perf_counter()
+        write_image(label, target)
+        if iso1mm:
+            grid = working_grid(label, (1.0, 1.0, 1.0))
+            iso = sitk.Resample(label, grid.reference(), sitk.Transform(),
+                                sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+            write_image(iso, out_dir / f"{cid}_label_1mm.nii.gz")
+        if probs:
+            prep = prepare(image, None, cascade.cfg.data, modality or cascade.cfg.data.modality,
+                           cascade.labelset.num_classes)
+            _, p, start = cascade.segment(prep)
+            img = sitk.GetImageFromArray(p.astype(np.float32), isVector=True)
+            origin = np.asarray(prep.grid.origin) + np.asarray(start)[::-1] * prep.grid.spacing
+            img.SetSpacing(prep.grid.spacing)
+            img.SetOrigin(tuple(origin))
+            write_image(img, out_dir / f"{cid}_probs.nii.gz")
+        timing["write"] = time.perf_counter() - t1
+        if profile:
+            print(f"{cid}: " + ", ".join(f"{k} {v:.2f}s" for k, v in timing.items())
+                  + f", total {sum(timing.values()):.2f}s")
+        written.append(target)
+    return written
