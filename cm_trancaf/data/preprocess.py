@@ -127,6 +127,7 @@ def normalize(arr: np.ndarray, modality: str, cfg: DataConfig) -> np.ndarray:
 def prepare(image: sitk.Image, label: sitk.Image | None, cfg: DataConfig, modality: str,
             num_classes: int, case_id: str = "", label_mode: str = "nearest") -> Prepared:
     """Source image (+ class map) -> :class:`Prepared` on the working grid."""
+    image = sitk.Cast(image, sitk.sitkFloat32)       # int16 CT straight from a scanner too
     grid = working_grid(image, cfg.spacing)
     background = float(np.min(sitk.GetArrayViewFromImage(image)))
     work = enhance(resample(image, grid, sitk.sitkLinear, background), cfg)

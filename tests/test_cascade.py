@@ -1,0 +1,86 @@
+"""train-seg -> predict -> evaluate on the tiny phantom: geometry, restore, loss falls, CLI."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from cm_trancaf.config import apply_overrides, get_preset
+from cm_trancaf.data.io import Geometry
+from cm_trancaf.predict import Cascade, predict_files
+from cm_trancaf.train.seg import train_segmentation
+
+
+@pytest.fixture(scope="module")
+def seg_run(tiny_phantom, tmp_path_factory):
+    run = tmp_path_factory.mktemp("seg")
+    train_segmentation(get_preset("tiny"), tiny_phantom, run)
+    return run
+
+
+def test_run_folder_contract(seg_run):
+    for stage in ("localizer", "maunet", "scn"):
+        assert (seg_run / stage / "ckpt" / "last" / "checkpoint").exists()
+        assert (seg_run / stage / "log.csv").exists() and (seg_run / stage / "summary.json").exists()
+    assert (seg_run / "config.json").exists() and (seg_run / "split.json").exists()
+
+
+def test_predict_writes_on_the_input_grid_and_restores_identically(seg_run, tiny_phantom, tmp_path):
+    files = predict_files(seg_run, tiny_phantom / "ct_test", tmp_path / "a", iso1mm=True)
+    assert len(files) == 2
+    for f in files:
+        pred = sitk.ReadImage(str(f))
+        src = sitk.ReadImage(str(tiny_phantom / "ct_test" / f.name.replace("_label", "_image")))
+        assert Geometry.of(pred) == Geometry.of(src)
+        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 205, 420, 500, 550, 600, 820, 850}
+    assert (tmp_path / "a" / "ct_test_2001_label_1mm.nii.gz").exists()
+    # a cascade restored from disk a second time gives the same prediction
+    again = predict_files(seg_run, tiny_phantom / "ct_test", tmp_path / "b")
+    for a, b in zip(files, again):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(a))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(b))))
+
+
+def test_heart_partly_outside_the_field_of_view(seg_run, tiny_phantom, tmp_path):
+    src = sitk.ReadImage(str(tiny_phantom / "ct_test" / "ct_test_2001_image.nii.gz"))
+    n = src.GetSize()
+    cut = src[: n[0] // 2, :, :]                      # half of the heart is gone
+    sitk.WriteImage(cut, str(tmp_path / "cut_image.nii.gz"))
+    cascade = Cascade.load(seg_run)
+    out = cascade.predict_image(cut)
+    assert Geometry.of(out) == Geometry.of(cut)
+
+
+def test_maunet_loss_falls_on_a_phantom(tiny_phantom, tmp_path):
+    cfg = apply_overrides(get_preset("tiny"), ["train.steps=30", "train.log_every=1",
+                                               "train.val_every=100", "train.lr=0.003"])
+    train_segmentation(cfg, tiny_phantom, tmp_path, stages=("maunet",))
+    import pandas as pd
+    log = pd.read_csv(tmp_path / "maunet" / "log.csv")["loss/dice_focal"].to_numpy()
+    assert log[-5:].mean() < log[:5].mean() - 0.05, log
+
+
+def test_cli_end_to_end_and_bad_inputs(seg_run, tiny_phantom, tmp_path):
+    cli = [sys.executable, "-m", "cm_trancaf.cli"]
+    r = subprocess.run(cli + ["predict", "--run", str(seg_run), "--input",
+                              str(tiny_phantom / "ct_test"), "--out", str(tmp_path / "p")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(cli + ["evaluate", "--pred", str(tmp_path / "p"), "--gt",
+                              str(tiny_phantom / "ct_test"), "--out", str(tmp_path / "r.csv")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "WHS_generalised" in r.stdout and (tmp_path / "r_summary.csv").exists()
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"\x1f\x8b garbage")
+    for args in (["predict", "--run", str(seg_run), "--input", str(bad), "--out", str(tmp_path / "q")],
+                 ["predict", "--run", str(tmp_path), "--input", str(bad), "--out", str(tmp_path / "q")],
+                 ["evaluate", "--pred", str(tmp_path / "none"), "--gt", str(tmp_path)],
+                 ["train-seg", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "s")],
+                 ["train-seg", "--data", str(tiny_phantom), "--out", str(tmp_path / "s"),
+                  "--set", "train.nope=1"]):
+        r = subprocess.run(cli + args, capture_output=True, text=True)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and "error:" in r.stderr
+    assert not (tmp_path / "q").exists() or not any((tmp_path / "q").iterdir())
