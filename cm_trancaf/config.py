@@ -99,7 +99,7 @@ class LocalizerConfig:
     size: tuple[int, int, int] = (32, 32, 32)  # Payer: 32^3
     spacing_mm: float = 10.0                   # Payer: 10 mm CT (12 mm MRI)
     filters: int = 16
-    sigma_mm: float = 15.0                     # target heatmap width
+    sigma_mm: float = 20.0                     # target heatmap width
 
 
 @dataclass(frozen=True)

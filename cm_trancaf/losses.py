@@ -46,9 +46,12 @@ def dice_focal(y_true, y_pred, lambda_f: float = 0.1, gamma: float = 2.0):
     return soft_dice_loss(y_true, y_pred) + lambda_f * focal_loss(y_true, y_pred, gamma)
 
 
-def heatmap_l2(target, pred):
-    """Localizer: mean squared error of the heatmap."""
-    return ops.mean(ops.square(ops.cast(target, "float32") - ops.cast(pred, "float32")))
+def heatmap_l2(target, pred, peak_weight: float = 0.0):
+    """Localizer: squared error of the heatmap, weighted by ``1 + peak_weight * target`` so that
+    the few voxels near the centre are not outweighed by the empty rest of the volume."""
+    target = ops.cast(target, "float32")
+    w = 1.0 + peak_weight * target
+    return ops.mean(w * ops.square(target - ops.cast(pred, "float32")))
 
 
 def adversarial_lsgan(d_fake):

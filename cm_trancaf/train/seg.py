@@ -105,7 +105,7 @@ def train_localizer(cfg: ExperimentConfig, train: list[Prepared], val: list[Prep
     @tf.function
     def step(x, y):
         with tf.GradientTape() as tape:
-            loss = 100.0 * heatmap_l2(y, model(x, training=True))   # heatmaps are mostly 0
+            loss = 100.0 * heatmap_l2(y, model(x, training=True), peak_weight=50.0)
         opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
                                 model.trainable_variables))
         return {"loss/heatmap": loss}
