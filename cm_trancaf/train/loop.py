@@ -74,7 +74,6 @@ class Run:
     val_every: int
     ckpt_every: int
     batch_size: int
-    lr: float
     objects: dict                                   # name -> model / optimizer to checkpoint
     validate: Callable[[], dict] | None = None      # returns {"metric": value, ...}
     metric: str = "val/dice"

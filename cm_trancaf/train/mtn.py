@@ -131,7 +131,7 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
 
     every = max(1, m.steps // 4)
     run = Run(run_dir, m.steps, max(1, min(cfg.train.log_every, m.steps // 10 or 1)), every,
-              every, m.batch_size, m.lr, {**nets, "opt_g": opt_g, "opt_d": opt_d}, None,
+              every, m.batch_size, {**nets, "opt_g": opt_g, "opt_d": opt_d}, None,
               "loss/cycle", False, "mtn", schedule)
     return train_loop(run, batches, iteration)
 

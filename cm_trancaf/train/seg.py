@@ -93,7 +93,7 @@ def _adam(lr):
 
 def _run(cfg_train, run_dir, objects, validate, metric, higher, desc, batch):
     return Run(Path(run_dir), cfg_train.steps, cfg_train.log_every, cfg_train.val_every,
-               cfg_train.ckpt_every, batch, cfg_train.lr, objects, validate, metric, higher, desc)
+               cfg_train.ckpt_every, batch, objects, validate, metric, higher, desc)
 
 
 def train_localizer(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepared],
