@@ -24,7 +24,7 @@ from .data.io import Geometry, read_image, write_image
 from .data.preprocess import Prepared, crop, paste, prepare, resample_labels, to_source, working_grid
 from .utils import UserError
 
-__all__ = ["Cascade", "predict_files", "case_id_of"]
+__all__ = ["Cascade", "predict_files", "case_id_of", "list_images"]
 
 
 @dataclass
@@ -74,20 +74,26 @@ class Cascade:
         return classes, probs, start
 
     def predict_image(self, image: sitk.Image, modality: str | None = None,
-                      profile: dict | None = None) -> sitk.Image:
-        """Label map in the data set's codes on ``image``'s exact grid."""
+                      profile: dict | None = None, with_probs: bool = False):
+        """Label map in the data set's codes on ``image``'s exact grid; with ``with_probs`` also
+        the ROI probabilities as an image on the working grid."""
         t = time.perf_counter()
         prep = prepare(image, None, self.cfg.data, modality or self.cfg.data.modality,
                        self.labelset.num_classes)
         t1 = time.perf_counter()
-        classes, _, _ = self.segment(prep)
+        classes, probs, start = self.segment(prep)
         t2 = time.perf_counter()
         out = to_source(classes, prep, self.labelset.num_classes)
         codes = sitk.GetImageFromArray(self.labelset.to_codes(sitk.GetArrayViewFromImage(out)))
         codes.CopyInformation(out)
         if profile is not None:
             profile.update(preprocess=t1 - t, network=t2 - t1, paste_back=time.perf_counter() - t2)
-        return codes
+        if not with_probs:
+            return codes
+        p = sitk.GetImageFromArray(probs.astype(np.float32), isVector=True)
+        p.SetSpacing(prep.grid.spacing)
+        p.SetOrigin(tuple(np.asarray(prep.grid.origin) + np.asarray(start)[::-1] * prep.grid.spacing))
+        return codes, p
 
 
 def case_id_of(path: Path) -> str:
@@ -102,13 +108,15 @@ def case_id_of(path: Path) -> str:
     return name
 
 
-def _inputs(path: Path) -> list[Path]:
+def list_images(path: Path) -> list[Path]:
+    """An image file, or the images of a folder (label files ``*_label*``/``*_manual*`` left out)."""
+    path = Path(path)
     if path.is_file():
         return [path]
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     files = sorted(p for p in path.iterdir() if p.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd"))
-                   and "_label" not in p.name)
+                   and "_label" not in p.name and "_manual" not in p.name)
     if not files:
         raise UserError(f"{path}: no image files (.nii.gz, .nii, .mha, .nrrd) in this folder")
     return files
@@ -121,7 +129,7 @@ def predict_files(run_dir: str | Path, inputs: str | Path, out_dir: str | Path,
     cascade = Cascade.load(run_dir)
     out_dir = Path(out_dir)
     written = []
-    for path in _inputs(Path(inputs)):
+    for path in list_images(Path(inputs)):
         cid = case_id_of(path)
         target = out_dir / f"{cid}_label.nii.gz"
         if target.exists() and not overwrite:
@@ -131,7 +139,8 @@ def predict_files(run_dir: str | Path, inputs: str | Path, out_dir: str | Path,
         t0 = time.perf_counter()
         image = read_image(path)
         timing = {"read": time.perf_counter() - t0}
-        label = cascade.predict_image(image, modality, timing)
+        result = cascade.predict_image(image, modality, timing, with_probs=probs)
+        label, prob_img = result if probs else (result, None)
         t1 = time.perf_counter()
         write_image(label, target)
         if iso1mm:
@@ -139,15 +148,8 @@ def predict_files(run_dir: str | Path, inputs: str | Path, out_dir: str | Path,
             iso = sitk.Resample(label, grid.reference(), sitk.Transform(),
                                 sitk.sitkNearestNeighbor, 0, label.GetPixelID())
             write_image(iso, out_dir / f"{cid}_label_1mm.nii.gz")
-        if probs:
-            prep = prepare(image, None, cascade.cfg.data, modality or cascade.cfg.data.modality,
-                           cascade.labelset.num_classes)
-            _, p, start = cascade.segment(prep)
-            img = sitk.GetImageFromArray(p.astype(np.float32), isVector=True)
-            origin = np.asarray(prep.grid.origin) + np.asarray(start)[::-1] * prep.grid.spacing
-            img.SetSpacing(prep.grid.spacing)
-            img.SetOrigin(tuple(origin))
-            write_image(img, out_dir / f"{cid}_probs.nii.gz")
+        if prob_img is not None:
+            write_image(prob_img, out_dir / f"{cid}_probs.nii.gz")
         timing["write"] = time.perf_counter() - t1
         if profile:
             print(f"{cid}: " + ", ".join(f"{k} {v:.2f}s" for k, v in timing.items())

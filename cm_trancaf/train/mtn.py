@@ -183,18 +183,10 @@ def _denormalize(y: np.ndarray, modality: str, cfg: ExperimentConfig) -> np.ndar
 def translate_folder(run_dir, inputs, out_dir, layout: str = "mmwhs-folder",
                      overwrite: bool = False) -> list[dict]:
     """Translate every image in ``inputs`` (folder or file); labels beside them are copied."""
-    from ..predict import case_id_of
+    from ..predict import case_id_of, list_images
     cfg, meta, g_c = load_generator(Path(run_dir))
-    inputs, out_dir = Path(inputs), Path(out_dir)
-    if inputs.is_file():
-        images = [inputs]
-    elif inputs.is_dir():
-        images = sorted(p for p in inputs.iterdir() if p.name.endswith((".nii.gz", ".nii", ".mha"))
-                        and "_label" not in p.name and "_manual" not in p.name)
-    else:
-        raise UserError(f"{inputs}: no such file or folder")
-    if not images:
-        raise UserError(f"{inputs}: no images to translate")
+    out_dir = Path(out_dir)
+    images = list_images(Path(inputs))
     rows = []
     for path in images:
         cid = case_id_of(path)
