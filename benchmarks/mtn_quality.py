@@ -33,7 +33,7 @@ def ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray, data_range: float = 2.0
 
 
 def main(argv=None) -> int:
-    from cm_trancaf.config import get_preset
+    from cm_trancaf.config import apply_overrides, get_preset
     from cm_trancaf.data import phantom
     from cm_trancaf.data.preprocess import prepare
     from cm_trancaf.train.mtn import load_generator, train_mtn, translate_volume
@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--train", action="store_true", help="train a fresh MTN (preset --preset)")
     p.add_argument("--data", help="phantom folder to train on (with --train)")
     p.add_argument("--preset", default="cpu")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for --train, e.g. mtn.steps=2000")
     p.add_argument("--cases", type=int, default=4)
     p.add_argument("--out", default="results/mtn_quality")
     args = p.parse_args(argv)
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     run = Path(args.run) if args.run else out / "mtn_run"
     if args.train:
-        train_mtn(get_preset(args.preset), args.data, run)
+        train_mtn(apply_overrides(get_preset(args.preset), args.overrides), args.data, run)
     cfg, meta, g_c = load_generator(run)
     rows, shown = [], None
     for i in range(args.cases):

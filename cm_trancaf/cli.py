@@ -6,6 +6,7 @@
     cm-trancaf train-seg   train localizer, MAUNet and SCN (all, or one stage)
     cm-trancaf predict     whole-volume prediction onto each input's exact grid
     cm-trancaf evaluate    Dice / Jaccard / Hausdorff per case and structure
+    cm-trancaf export      the trained cascade as a TF SavedModel (deployment)
     cm-trancaf demo        the whole cascade on the phantom, at CPU scale
 
 A user error (bad file, bad option) prints one line ``cm-trancaf <cmd>: error: ...`` and exits 2.
@@ -104,6 +105,12 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_cascade
+    export_cascade(args.run, args.out)
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .data.datasets import get_labelset
     from .metrics import evaluate_folders
@@ -167,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("predict", help="segment whole volumes onto each input's exact grid")
-    p.add_argument("--run", required=True, help="train-seg run folder")
+    p.add_argument("--run", required=True, help="train-seg run folder or `export` folder")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--out", required=True, help="output folder (<case>_label.nii.gz)")
     p.add_argument("--modality", choices=["ct", "mr"], help="default: the run's data.modality")
@@ -185,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="per-case CSV (a _summary.csv is written beside it)")
     p.add_argument("--iso1mm", action="store_true", help="evaluate at 1 mm (MM-WHS challenge)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="the trained cascade as a TF SavedModel")
+    p.add_argument("--run", required=True, help="train-seg run folder")
+    p.add_argument("--out", required=True, help="new folder for the SavedModel")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

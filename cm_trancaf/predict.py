@@ -6,7 +6,8 @@
       -> label codes of the data set -> ``<case>_label.nii.gz`` (atomic write)
 Optional: ``--iso1mm`` also writes the MM-WHS evaluation grid (1 mm, nearest neighbour);
 ``--probs`` writes the ROI class probabilities (float32, K channels) on the working grid.
-A run folder from ``train-seg`` is all that is needed: config.json + checkpoints.
+A run folder from ``train-seg`` is all that is needed: config.json + checkpoints; or a folder
+written by ``cm-trancaf export`` (SavedModel endpoints + config), which predicts the same labels.
 """
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ class Cascade:
         from .models.scn import build_scn
         from .train.loop import restore
         run_dir = Path(run_dir)
+        from .export import is_export, load_exported
+        if is_export(run_dir):             # a SavedModel from ``cm-trancaf export``
+            cfg, split, localizer, segmenter = load_exported(run_dir)
+            labelset = get_labelset(split["labels"], tuple(split["codes"]))
+            return cls(cfg, labelset, localizer, segmenter, None)
         if not (run_dir / "config.json").is_file():
             raise UserError(f"{run_dir}: not a train-seg run folder (no config.json)")
         cfg = load_config(run_dir / "config.json")

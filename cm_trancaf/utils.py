@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["UserError", "atomic_path", "atomic_write_text"]
+__all__ = ["UserError", "atomic_path", "atomic_dir", "atomic_write_text"]
 
 
 class UserError(Exception):
@@ -32,6 +32,22 @@ def atomic_path(path: str | Path, suffix: str | None = None):
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a temporary folder next to ``path``; rename it to ``path`` (which must not exist)
+    only if the block succeeds, else remove it."""
+    import shutil
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

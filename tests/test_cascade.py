@@ -84,3 +84,25 @@ def test_cli_end_to_end_and_bad_inputs(seg_run, tiny_phantom, tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and "error:" in r.stderr
     assert not (tmp_path / "q").exists() or not any((tmp_path / "q").iterdir())
+
+
+def test_exported_savedmodel_predicts_the_same_labels(seg_run, tiny_phantom, tmp_path):
+    import tensorflow as tf
+    from cm_trancaf.export import export_cascade
+    out = export_cascade(seg_run, tmp_path / "export")
+    # plain TensorFlow, no cm_trancaf: the endpoints exist with the documented shapes
+    loaded = tf.saved_model.load(str(out))
+    cfg = get_preset("tiny")
+    probs = loaded.segment(tf.zeros((2, *cfg.data.roi_size, 1)))
+    assert probs.shape == (2, *cfg.data.roi_size, 8)
+    np.testing.assert_allclose(tf.reduce_sum(probs, -1).numpy(), 1.0, atol=1e-5)
+    assert loaded.localize(tf.zeros((1, *cfg.localizer.size, 1))).shape == (1, *cfg.localizer.size, 1)
+    a = predict_files(seg_run, tiny_phantom / "ct_test", tmp_path / "keras")
+    b = predict_files(out, tiny_phantom / "ct_test", tmp_path / "saved")
+    for fa, fb in zip(a, b):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(fa))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(fb))))
+    # never overwrites: a second export to the same folder is a user error
+    from cm_trancaf.utils import UserError
+    with pytest.raises(UserError, match="already exists"):
+        export_cascade(seg_run, out)
