@@ -20,7 +20,7 @@ from pathlib import Path
 from . import __version__
 from .utils import UserError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "run_guarded"]
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str = "cpu") -> None:
@@ -200,23 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_guarded(command: str, fn) -> int:
+    """Call ``fn()``; a user error (bad file, bad option) becomes one line and exit code 2."""
+    from .config import ConfigError
+    try:
+        return int(fn() or 0)
+    except (UserError, ConfigError) as e:
+        print(f"cm-trancaf {command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cm-trancaf {command}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"cm-trancaf {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # config errors and invalid option values
-        from .config import ConfigError
-        if isinstance(e, ConfigError):
-            print(f"cm-trancaf {args.command}: error: {e}", file=sys.stderr)
-            return 2
-        raise
-    except KeyboardInterrupt:
-        print(f"cm-trancaf {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded(args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ class MAUNetConfig:
     """MAUNet (SPEC module 2): residual encoder, attention gates, position attention block."""
     base_filters: int = 16                     # filters = base * 2**level; paper silent
     levels: int = 4                            # SPEC: 4 resolution levels
+    residual: bool = True                      # residual encoder blocks (False: plain U-Net)
     attention_gates: bool = True               # AG on each skip (Oktay et al. 2018)
     pab: bool = True                           # PAB at the bottleneck (Fu et al. 2019)
     dropout: float = 0.0
@@ -170,6 +171,9 @@ PRESETS["tiny"] = _preset(
 PRESETS["paper_no_ag"] = _preset(PRESETS["paper"], "paper_no_ag", maunet={"attention_gates": False})
 PRESETS["paper_no_pab"] = _preset(PRESETS["paper"], "paper_no_pab", maunet={"pab": False})
 PRESETS["paper_no_scn"] = _preset(PRESETS["paper"], "paper_no_scn", scn={"enabled": False})
+# The comparison baseline: a plain 3D U-Net (no residual encoder, AG, PAB or SCN).
+PRESETS["paper_unet"] = _preset(PRESETS["paper"], "paper_unet", maunet={
+    "residual": False, "attention_gates": False, "pab": False}, scn={"enabled": False})
 
 
 def get_preset(name: str) -> ExperimentConfig:

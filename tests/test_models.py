@@ -34,6 +34,28 @@ def test_ablation_switches_change_the_architecture():
             counts[(ag, pab)] = build_maunet(cfg, 8, (32, 32, 32)).count_params()
     assert len(set(counts.values())) == 4
     assert counts[(True, True)] == 91196  # pinned: an architecture change shows up here
+    # the plain U-Net baseline: no shortcut projections in the encoder (1x1x1 conv + norm each)
+    plain = dataclasses.replace(CFG.maunet, residual=False, attention_gates=False, pab=False)
+    assert build_maunet(plain, 8, (32, 32, 32)).count_params() < counts[(False, False)]
+
+
+def test_plain_block_has_no_shortcut():
+    from cm_trancaf.models.blocks import ResidualBlock
+    x = np.zeros((1, 4, 4, 4, 3), "float32")
+    res, plain = ResidualBlock(5), ResidualBlock(5, residual=False)
+    res(x), plain(x)
+    assert res.project is not None and plain.project is None
+    # with identical convolution weights and a width-preserving input, the outputs differ by the
+    # shortcut: act(y + x) vs act(y)
+    a, b = ResidualBlock(3), ResidualBlock(3, residual=False)
+    x = np.random.default_rng(0).normal(size=(1, 4, 4, 4, 3)).astype("float32")
+    a(x), b(x)
+    b.set_weights(a.get_weights())
+    y = np.asarray(b(x))
+    expected = np.asarray(keras.activations.leaky_relu(
+        np.asarray(a.conv2(a.conv1(x))) + x))
+    np.testing.assert_allclose(np.asarray(a(x)), expected, atol=1e-5)
+    assert np.abs(y - np.asarray(a(x))).max() > 1e-3
 
 
 def test_pab_is_identity_when_gamma_is_zero_and_not_otherwise():

@@ -40,24 +40,27 @@ class ConvNormAct(layers.Layer):
 
 
 class ResidualBlock(layers.Layer):
-    """Two 3x3x3 convolutions with a (projected) identity shortcut (SPEC MAUNet encoder)."""
+    """Two 3x3x3 convolutions with a (projected) identity shortcut (SPEC MAUNet encoder);
+    ``residual=False`` drops the shortcut: the plain U-Net double convolution."""
 
-    def __init__(self, filters: int, **kwargs):
+    def __init__(self, filters: int, residual: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.filters = filters
+        self.filters, self.residual = filters, residual
         self.conv1 = ConvNormAct(filters)
         self.conv2 = ConvNormAct(filters, activation=None)
         self.act = layers.Activation("leaky_relu")
         self.project = None
 
     def build(self, input_shape):
-        if input_shape[-1] != self.filters:
+        if self.residual and input_shape[-1] != self.filters:
             self.project = ConvNormAct(self.filters, kernel=1, activation=None)
 
     def call(self, x, training=False):
-        shortcut = self.project(x, training=training) if self.project is not None else x
         y = self.conv2(self.conv1(x, training=training), training=training)
+        if not self.residual:
+            return self.act(y)
+        shortcut = self.project(x, training=training) if self.project is not None else x
         return self.act(y + shortcut)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters}
+        return {**super().get_config(), "filters": self.filters, "residual": self.residual}

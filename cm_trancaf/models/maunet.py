@@ -80,7 +80,8 @@ class MAUNet(keras.Model):
                              f"got {cfg.levels}, {cfg.base_filters}, {num_classes}")
         self.cfg, self.num_classes = cfg, num_classes
         f = [cfg.base_filters * 2 ** level for level in range(cfg.levels)]
-        self.encoder = [ResidualBlock(f[l], name=f"enc{l}") for l in range(cfg.levels)]
+        self.encoder = [ResidualBlock(f[l], cfg.residual, name=f"enc{l}")
+                        for l in range(cfg.levels)]
         self.pool = layers.MaxPooling3D(2)
         self.pab = PositionAttention(name="pab") if cfg.pab else None
         self.up = [layers.Conv3DTranspose(f[l], 2, strides=2, name=f"up{l}")

@@ -186,8 +186,11 @@ def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Pr
 
 def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: str | Path,
                        layout: str = "mmwhs", stages=STAGES, generated: str | Path | None = None,
-                       codes=None, **layout_kw) -> dict:
-    """Train the requested stages into ``run_dir``; returns {stage: summary}."""
+                       codes=None, cases: list[Case] | None = None, **layout_kw) -> dict:
+    """Train the requested stages into ``run_dir``; returns {stage: summary}.
+
+    ``cases`` (optional) replaces the data set's training cases, e.g. the training folds of a
+    cross-validation; the last 20% of them validate."""
     from .loop import restore
     run_dir = Path(run_dir)
     unknown = set(stages) - set(STAGES)
@@ -196,7 +199,8 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
     labelset = get_labelset(cfg.data.labels, codes)
     if layout == "mmwhs":
         layout_kw = {"modality": cfg.data.modality, "split": "train", **layout_kw}
-    cases = find_cases(data_root, layout, **layout_kw)
+    if cases is None:
+        cases = find_cases(data_root, layout, **layout_kw)
     if any(c.label is None for c in cases):
         missing = [str(c.image) for c in cases if c.label is None][:3]
         raise UserError(f"training cases without label maps: {missing}")

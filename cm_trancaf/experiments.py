@@ -1,0 +1,240 @@
+"""The paper's experiments as data: a table is a list of settings, run by one runner.
+
+A *setting* is a set of config overrides (``--set`` syntax) plus whether the training set is
+enlarged with MTN-generated CT at ratio r. For every seed and fold, each setting trains the
+cascade (``train_segmentation``), predicts the test cases and evaluates them; MTN runs are shared
+by the settings that use the same MTN config.
+
+    results/<experiment>/<run>/
+      config.json       base config (preset + --set), as every run folder
+      settings.json     the settings, seeds, folds and data of this experiment
+      per_case.csv      setting, seed, fold, case, structure, dice, jaccard, hd_mm, hd95_mm, ...
+      summary.csv       per setting and structure: mean and std over test cases x seeds
+      table.md          the paper-shaped table (Dice %, Jaccard %, HD mm), published numbers beside
+      work/             phantom, mtn/, generated/, seg/, pred/  (re-running skips finished parts)
+
+Evaluation: with ``--folds K`` a K-fold cross-validation over the labelled training set (MM-WHS
+test labels are not public); with ``--folds 0`` the labelled ``ct_test`` cases (the phantom's).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import apply_overrides, get_preset, save_config
+from .utils import UserError, atomic_path, atomic_write_text
+
+__all__ = ["Setting", "kfold_splits", "run_experiment", "summarize_experiment", "markdown_table",
+           "main"]
+
+STRUCTURES = ("LV", "RV", "LA", "RA", "Myo", "AA", "PA")
+# Published numbers (CM-TranCaF paper, MM-WHS 2017 CT test set; SPEC "Results to reproduce").
+PUBLISHED = {"CM-TranCaF (paper)": {"WHS_mean dice": 91.1, "WHS_mean hd_mm": 14.386}}
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    overrides: tuple[str, ...] = ()          # e.g. ("maunet.pab=False", "scn.enabled=False")
+    mtn: bool = False                        # add MTN-generated CT (G_c(MRI) + MRI labels)
+    ratio: float = 0.5                       # r: share of the generated cases used
+    mtn_overrides: tuple[str, ...] = ()      # e.g. ("mtn.lam=5",): an MTN run of its own
+
+
+def kfold_splits(case_ids: list[str], folds: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """(train, test) id lists; every case is tested exactly once; reproducible from the seed."""
+    if folds < 2 or folds > len(case_ids):
+        raise UserError(f"--folds {folds}: need 2 <= folds <= number of cases ({len(case_ids)})")
+    order = [case_ids[i] for i in np.random.default_rng(seed).permutation(len(case_ids))]
+    parts = [sorted(order[f::folds]) for f in range(folds)]
+    return [([c for c in case_ids if c not in set(p)], p) for p in parts]
+
+
+def _key(items) -> str:
+    return hashlib.sha1(json.dumps(list(items)).encode()).hexdigest()[:8] if items else "default"
+
+
+def _generated(base, setting: Setting, data: Path, work: Path, seed: int) -> Path:
+    """Train (once) the MTN of this setting and translate the labelled MRI; the output folder."""
+    from .train.mtn import train_mtn, translate_folder
+    cfg = apply_overrides(base, [*setting.mtn_overrides, f"train.seed={seed}"])
+    key = f"{_key(setting.mtn_overrides)}_s{seed}"
+    run, out = work / "mtn" / key, work / "generated" / key
+    if not (run / "summary.json").exists():
+        train_mtn(cfg, data, run)
+    if not (out / "manifest.csv").exists():
+        translate_folder(run, data / "mr_train", out)
+    return out
+
+
+def _evaluate_setting(seg_dir: Path, test_cases, pred_dir: Path, labelset) -> list[dict]:
+    from .data.datasets import load_case
+    from .data.io import write_image
+    from .metrics import evaluate_case
+    from .predict import Cascade
+    import SimpleITK as sitk
+    cascade = Cascade.load(seg_dir)
+    rows = []
+    for case in test_cases:
+        image, label = load_case(case, labelset)
+        target = pred_dir / f"{case.case_id}_label.nii.gz"
+        pred = cascade.predict_image(image, case.modality if case.modality in ("ct", "mr")
+                                     else None)
+        write_image(pred, target)
+        pa = labelset.to_classes(sitk.GetArrayViewFromImage(pred), str(target))
+        rows += evaluate_case(pa, sitk.GetArrayFromImage(label), label.GetSpacing(), labelset,
+                              case.case_id)
+    return rows
+
+
+def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Path | None = None,
+                   seeds: int = 1, folds: int = 0, published: dict | None = None) -> pd.DataFrame:
+    """Run every setting x seed x fold; write the results folder; return the per-case rows."""
+    from .data import phantom
+    from .data.datasets import get_labelset, mmwhs_cases
+    from .train.seg import train_segmentation
+    out = Path(out)
+    work = out / "work"
+    if data is None:                                    # the built-in phantom, test labels known
+        data = work / "phantom"
+        if not (data / "phantom.json").exists():
+            n = (3, 2, 2) if base.name == "tiny" else (6, 6, 4)
+            spacing = {"ct": (4.0, 4.0, 4.0), "mr": (5.0, 5.0, 6.0)} if base.name == "tiny" else None
+            phantom.write_dataset(data, *n, seed=0, spacing=spacing)
+    data = Path(data)
+    labelset = get_labelset(base.data.labels)
+    train_all = mmwhs_cases(data, base.data.modality, "train")
+    if folds:
+        by_id = {c.case_id: c for c in train_all}
+        splits = [([by_id[i] for i in tr], [by_id[i] for i in te])
+                  for tr, te in kfold_splits(sorted(by_id), folds, 0)]
+    else:
+        try:
+            test = [c for c in mmwhs_cases(data, base.data.modality, "test") if c.label is not None]
+        except UserError:
+            test = []
+        if not test:
+            raise UserError(f"{data}: no labelled {base.data.modality}_test cases (MM-WHS test "
+                            f"labels are not public): use --folds K for cross-validation")
+        splits = [(train_all, test)]
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(base, out / "config.json")
+    # a re-run of some settings (``--only``) keeps the other settings' results
+    names = {s.name for s in settings}
+    kept, known = [], [asdict(s) for s in settings]
+    if (out / "per_case.csv").exists() and (out / "settings.json").exists():
+        old = pd.read_csv(out / "per_case.csv")
+        kept = old[~old["setting"].isin(names)].to_dict("records")
+        known = [s for s in json.loads((out / "settings.json").read_text())["settings"]
+                 if s["name"] not in names and s["name"] in set(old["setting"])] + known
+    atomic_write_text(out / "settings.json", json.dumps(
+        {"experiment": name, "data": str(data), "seeds": seeds, "folds": folds,
+         "settings": known}, indent=2))
+    rows = list(kept)
+    for seed in range(seeds):
+        for fold, (train_cases, test_cases) in enumerate(splits):
+            for s in settings:
+                t0 = time.time()
+                tag = f"s{seed}_f{fold}"
+                cfg = apply_overrides(base, [*s.overrides, f"train.seed={seed}",
+                                             f"mtn.ratio={s.ratio if s.mtn else 0.0}"])
+                generated = _generated(base, s, data, work, seed) if s.mtn else None
+                seg_dir = work / "seg" / s.name / tag
+                if not (seg_dir / "done.json").exists():
+                    train_segmentation(cfg, data, seg_dir, generated=generated, cases=train_cases)
+                    atomic_write_text(seg_dir / "done.json", json.dumps({"seconds": time.time() - t0}))
+                case_rows = _evaluate_setting(seg_dir, test_cases, work / "pred" / s.name / tag,
+                                              labelset)
+                rows += [{"setting": s.name, "seed": seed, "fold": fold, **r} for r in case_rows]
+                df = pd.DataFrame(rows)
+                _write_csv(df, out / "per_case.csv")
+                whs = [r["dice"] for r in case_rows if r["structure"] == "WHS_mean"]
+                print(f"[{name}] {s.name} seed {seed} fold {fold}: WHS mean Dice "
+                      f"{100 * np.mean(whs):.1f}% ({time.time() - t0:.0f} s)", flush=True)
+    summary = summarize_experiment(df)
+    _write_csv(summary, out / "summary.csv")
+    table = markdown_table(summary, [s["name"] for s in known], published)
+    atomic_write_text(out / "table.md", f"# {name}\n\n{table}\n")
+    print(table)
+    return df
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def summarize_experiment(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std (over test cases x seeds x folds) per setting and structure."""
+    metrics = [m for m in ("dice", "jaccard", "hd_mm", "hd95_mm", "assd_mm") if m in df]
+    g = df.groupby(["setting", "structure"], sort=False)[metrics]
+    out = g.mean().add_suffix("_mean").join(g.std(ddof=0).add_suffix("_std"))
+    out["n"] = g.size()
+    return out.reset_index()
+
+
+def markdown_table(summary: pd.DataFrame, order: list[str], published: dict | None = None) -> str:
+    """Rows: settings. Columns: Dice % per structure, then WHS mean Dice / Jaccard % and HD mm."""
+    cols = [*STRUCTURES, "WHS_mean dice", "WHS_mean jaccard", "WHS_mean hd_mm", "WHS_generalised dice"]
+    head = ["setting", *[f"{c} Dice %" for c in STRUCTURES], "mean Dice %", "mean Jaccard %",
+            "mean HD mm", "generalised Dice %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    s = summary.set_index(["setting", "structure"])
+    for name in order:
+        cells = [name]
+        for col in cols:
+            structure, metric = (col.split(" ") + ["dice"])[:2]
+            try:
+                mean, std = s.loc[(name, structure), f"{metric}_mean"], s.loc[(name, structure),
+                                                                              f"{metric}_std"]
+            except KeyError:
+                cells.append("-")
+                continue
+            scale = 1 if metric == "hd_mm" else 100
+            cells.append("-" if not np.isfinite(mean) else f"{mean * scale:.1f} ± {std * scale:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    for name, values in (published or {}).items():
+        cells = [name] + [f"{values[c]:g}" if c in values else "" for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Mean ± std over test cases (x seeds x folds). mean = WHS_mean, the mean over the "
+                 "7 structures; generalised = volume-weighted Dice. Published rows: MM-WHS 2017 "
+                 "CT test set, not comparable with phantom results.")
+    return "\n".join(lines)
+
+
+def main(name: str, settings: list[Setting], argv=None, doc: str = "",
+         published: dict | None = None) -> int:
+    """Command line shared by ``experiments/table*.py``."""
+    from .cli import run_guarded
+    p = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    p.add_argument("--preset", default="cpu", help="paper (GPU, MM-WHS) | cpu (phantom) | tiny")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data", help="MM-WHS root (ct_train/, mr_train/); default: the phantom")
+    p.add_argument("--folds", type=int, default=None,
+                   help="K-fold cross-validation on ct_train (default: 5 with --data, else 0 = "
+                        "the phantom's labelled ct_test)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per setting (mean +- std over all)")
+    p.add_argument("--only", action="append", help="run only these settings (repeatable)")
+    p.add_argument("--out", default="results", help="results root")
+    p.add_argument("--run", help="run name (default: the preset)")
+    args = p.parse_args(argv)
+
+    def go():
+        base = apply_overrides(get_preset(args.preset), args.overrides)
+        chosen = [s for s in settings if not args.only or s.name in args.only]
+        if not chosen:
+            raise UserError(f"--only {args.only}: no such setting; have {[s.name for s in settings]}")
+        folds = args.folds if args.folds is not None else (5 if args.data else 0)
+        run_experiment(name, chosen, base, Path(args.out) / name / (args.run or args.preset),
+                       Path(args.data) if args.data else None, args.seeds, folds, published)
+        return 0
+    return run_guarded(name, go)

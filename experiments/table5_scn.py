@@ -1,0 +1,15 @@
+"""Table 5: the spatial configuration network (SCN) on/off (paper: on is better).
+
+Both rows: MTN at r = 0.5, AG and PAB on. "SCN off" predicts with the MAUNet alone.
+    python experiments/table5_scn.py --preset cpu                     # phantom, ~10 min, 2 cores
+    python experiments/table5_scn.py --preset paper --data /data/MM-WHS --folds 5
+"""
+import sys
+
+from cm_trancaf.experiments import Setting, main
+
+SETTINGS = [Setting("SCN off", ("scn.enabled=False",), mtn=True, ratio=0.5),
+            Setting("SCN on", (), mtn=True, ratio=0.5)]
+
+if __name__ == "__main__":
+    sys.exit(main("table5_scn", SETTINGS, sys.argv[1:], __doc__))

@@ -1,0 +1,113 @@
+"""Experiment runner on the tiny phantom: results files, summary = per-case means, k-fold,
+resume, error paths; the notebooks run headless on these results (nbclient)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cm_trancaf.config import get_preset
+from cm_trancaf.experiments import Setting, kfold_splits, run_experiment
+from cm_trancaf.utils import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = [Setting("r=0.0", ("scn.enabled=False",)), Setting("r=1.0", mtn=True, ratio=1.0),
+            Setting("r=0.5 no AG", ("maunet.attention_gates=False",), mtn=True, ratio=0.5)]
+
+
+@pytest.fixture(scope="module")
+def results(tiny_phantom, tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    run = root / "table2_ratio" / "tiny"
+    df = run_experiment("table2_ratio", SETTINGS, get_preset("tiny"), run, tiny_phantom,
+                        published={"paper": {"WHS_mean dice": 91.1}})
+    return root, run, df
+
+
+def test_results_folder_and_summary_match_per_case_rows(results):
+    root, run, df = results
+    for name in ("config.json", "settings.json", "per_case.csv", "summary.csv", "table.md"):
+        assert (run / name).is_file()
+    per_case = pd.read_csv(run / "per_case.csv")
+    # 3 settings x 2 held-out cases x (7 structures + 2 WHS rows)
+    assert len(per_case) == 3 * 2 * 9
+    assert set(per_case["case"]) == {"ct_test_2001", "ct_test_2002"}
+    summary = pd.read_csv(run / "summary.csv")
+    for setting in ("r=0.0", "r=1.0"):
+        rows = per_case[(per_case.setting == setting) & (per_case.structure == "LV")]
+        got = summary[(summary.setting == setting) & (summary.structure == "LV")].iloc[0]
+        assert got["dice_mean"] == pytest.approx(rows["dice"].mean(), abs=1e-9)
+        assert got["dice_std"] == pytest.approx(rows["dice"].std(ddof=0), abs=1e-9)
+    table = (run / "table.md").read_text()
+    assert "| r=0.0 |" in table and "| r=1.0 |" in table and "| paper |" in table
+    # r = 1.0 used every generated case; r = 0.0 none (split.json of each seg run)
+    import json
+    gen = json.loads((run / "work/seg/r=1.0/s0_f0/split.json").read_text())["generated"]
+    assert len(gen) == 2 and json.loads(
+        (run / "work/seg/r=0.0/s0_f0/split.json").read_text())["generated"] == []
+    # the SCN-off setting has no SCN stage
+    assert not (run / "work/seg/r=0.0/s0_f0/scn").exists()
+
+
+def test_rerun_skips_finished_training(results, tiny_phantom):
+    root, run, _ = results
+    ckpt = run / "work/seg/r=1.0/s0_f0/maunet/ckpt/last/checkpoint"
+    before = ckpt.stat().st_mtime_ns
+    df = run_experiment("table2_ratio", SETTINGS[1:2], get_preset("tiny"), run, tiny_phantom)
+    assert ckpt.stat().st_mtime_ns == before
+    # the settings not re-run keep their results
+    assert set(df["setting"]) == {"r=0.0", "r=1.0", "r=0.5 no AG"} and len(df) == 3 * 2 * 9
+
+
+def test_kfold_splits_test_every_case_once():
+    ids = [f"c{i}" for i in range(11)]
+    splits = kfold_splits(ids, 5, seed=3)
+    tested = [c for _, test in splits for c in test]
+    assert sorted(tested) == sorted(ids)
+    for train, test in splits:
+        assert not set(train) & set(test) and len(train) + len(test) == 11
+    assert splits == kfold_splits(ids, 5, seed=3) and splits != kfold_splits(ids, 5, seed=4)
+    with pytest.raises(UserError, match="folds"):
+        kfold_splits(ids, 12, 0)
+
+
+def test_cross_validation_tests_each_training_case(tiny_phantom, tmp_path):
+    df = run_experiment("cv", [Setting("plain", ("scn.enabled=False",))], get_preset("tiny"),
+                        tmp_path / "cv", tiny_phantom, folds=3)
+    assert sorted(set(df["case"])) == ["ct_train_1001", "ct_train_1002", "ct_train_1003"]
+    assert sorted(set(df["fold"])) == [0, 1, 2]
+    # a fold never trains on its own test case
+    import json
+    for fold in range(3):
+        split = json.loads((tmp_path / f"cv/work/seg/plain/s0_f{fold}/split.json").read_text())
+        tested = set(df[df.fold == fold]["case"])
+        assert not tested & set(split["train"] + split["val"])
+
+
+def test_experiment_script_without_test_labels_is_one_line_error(tmp_path):
+    (tmp_path / "ct_train").mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "experiments/table5_scn.py"), "--preset", "tiny",
+                        "--data", str(tmp_path), "--folds", "0", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "error:" in r.stderr
+
+
+@pytest.mark.parametrize("notebook", ["results_tables.ipynb", "qualitative.ipynb"])
+def test_notebooks_execute_headless(results, notebook, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+    root, run, _ = results
+    monkeypatch.setenv("CM_TRANCAF_RESULTS", str(root))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(ROOT / "notebooks" / notebook, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    figures = sorted(p.name for p in (run / "figures").glob("*.png"))
+    if notebook == "results_tables.ipynb":
+        assert {"dice_bars.png", "ratio_curve.png", "ablation_heatmap.png"} <= set(figures)
+    else:
+        assert any(f.startswith("qualitative_") for f in figures)
