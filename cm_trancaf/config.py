@@ -114,6 +114,8 @@ class TrainConfig:
     ckpt_every: int = 1000
     log_every: int = 50
     seed: int = 0
+    on_nonfinite: str = "stop"                 # NaN/Inf loss or gradient: stop | skip the step
+    deterministic: bool = False                # TF op determinism: bitwise-identical resume
 
 
 @dataclass(frozen=True)

@@ -105,8 +105,18 @@ def test_mtn_shapes_and_ranges():
         build_mtn(dataclasses.replace(CFG.mtn, patch_size=(15, 16, 16)))
 
 
-def test_image_pool_returns_past_fakes():
-    pool = ImagePool(3, seed=0)
-    seen = [pool.query(np.full((1, 2), float(i))) for i in range(40)]
-    assert any(s[0, 0] != i for i, s in enumerate(seen))       # some old ones come back
+def test_image_pool_returns_past_fakes_and_round_trips_its_state():
+    pool = ImagePool(3, (2, 2, 2), seed=0)
+    fake = lambda i: np.full((1, 2, 2, 2, 1), float(i), np.float32)
+    seen = [pool.query(fake(i)) for i in range(20)]
+    assert any(s[0, 0, 0, 0, 0] != i for i, s in enumerate(seen))   # some old ones come back
+    assert all(s.shape == (1, 2, 2, 2, 1) for s in seen)
+    # store() -> a fresh pool load()s the same state and then answers exactly like the original
+    pool.store()
+    other = ImagePool(3, (2, 2, 2), seed=0)
+    for a, b in zip(other.variables, pool.variables):
+        a.assign(b.numpy())
+    other.load()
+    for i in range(20, 40):
+        np.testing.assert_array_equal(pool.query(fake(i)), other.query(fake(i)))
     assert ImagePool(0).query(np.ones((2, 2))).shape == (2, 2)

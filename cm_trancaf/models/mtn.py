@@ -66,24 +66,46 @@ class Discriminator(keras.Model):
 
 class ImagePool:
     """History of generated volumes (Shrivastava et al.; CycleGAN's pool of 50): with probability
-    0.5 a new fake is swapped for a stored one, so D sees older generator outputs too."""
+    0.5 a new fake is swapped for a stored one, so D sees older generator outputs too.
 
-    def __init__(self, size: int, seed: int = 0):
-        self.size, self.items = size, []
-        self.rng = np.random.default_rng(seed)
+    The history lives in NumPy; ``store()`` copies it into ``variables`` (checkpointed with the
+    networks) and ``load()`` back, so a resumed run continues with the same pool. The random
+    choices are drawn from ``(seed, number of calls)``: no hidden RNG state."""
+
+    def __init__(self, size: int, shape=(), seed: int = 0):
+        self.size, self.seed = size, seed
+        self.items = np.zeros((max(size, 1), *shape, 1), np.float32)
+        self.count, self.calls = 0, 0
+        self.buffer = keras.Variable(self.items, trainable=False, name="pool")
+        self.state = keras.Variable(np.zeros(2, np.int64), trainable=False, name="pool_state")
+
+    @property
+    def variables(self) -> list:
+        return [self.buffer, self.state]
+
+    def store(self) -> None:
+        self.buffer.assign(self.items)
+        self.state.assign(np.array([self.count, self.calls], np.int64))
+
+    def load(self) -> None:
+        self.items = np.array(self.buffer.numpy(), np.float32)
+        self.count, self.calls = (int(v) for v in self.state.numpy())
 
     def query(self, batch: np.ndarray) -> np.ndarray:
         if self.size <= 0:
             return batch
+        rng = np.random.default_rng([self.seed, self.calls])
+        self.calls += 1
         out = []
         for x in batch:
-            if len(self.items) < self.size:
-                self.items.append(x.copy())
+            if self.count < self.size:
+                self.items[self.count] = x
+                self.count += 1
                 out.append(x)
-            elif self.rng.random() < 0.5:
-                i = int(self.rng.integers(self.size))
-                out.append(self.items[i])
-                self.items[i] = x.copy()
+            elif rng.random() < 0.5:
+                i = int(rng.integers(self.size))
+                out.append(self.items[i].copy())
+                self.items[i] = x
             else:
                 out.append(x)
         return np.stack(out)

@@ -3,13 +3,17 @@
     step_fn = make_step(...)                        # @tf.function, traced once (fixed shapes)
     for step in range(start, steps):
         logs = step_fn(*next(batches))              # dict of scalar tensors
+        non-finite loss or gradient (``apply_if_finite``): weights untouched; stop or skip
         log every ``log_every``  -> log.csv, TensorBoard, progress bar
         validate every ``val_every`` -> best checkpoint when the metric improves
         checkpoint every ``ckpt_every`` -> last checkpoint (model, optimizer, step)
 
 Run folder: ``config.json``, ``ckpt/last/``, ``ckpt/best/``, ``log.csv``, ``tb/``,
 ``summary.json``. Resume: the last checkpoint gives the step; the data pipeline restarts at sample
-``step * batch`` (its samples are seeded by index), so a resumed run sees the same data.
+``step * batch`` (its samples are seeded by index), so a resumed run sees the same data. A
+checkpoint that cannot be read (half-written, corrupt) is skipped for the previous one, with a
+warning. With ``train.deterministic`` (TF op determinism) a killed and resumed run ends with the
+same weights, bit for bit, as an uninterrupted one (``tests/test_reliability.py``).
 
 Checkpoints hold a flat map of variables keyed by creation order: Keras 3 layers kept in Python
 lists are not tracked by ``tf.train.Checkpoint`` through the model object.
@@ -25,13 +29,52 @@ from pathlib import Path
 from typing import Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
 from ..utils import UserError, atomic_write_text
 
-__all__ = ["variables_checkpoint", "Run", "train_loop", "restore"]
+__all__ = ["variables_checkpoint", "Run", "train_loop", "restore", "apply_if_finite",
+           "NonFiniteError"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN/Inf loss or gradient: training stopped, weights and checkpoints left as they were."""
+
+
+def apply_if_finite(optimizer, loss, grads, variables):
+    """Apply the update only when the loss and every gradient are finite (inside ``tf.function``);
+    returns the flag ``nonfinite`` (1.0 when the step was not applied) for the loop to act on."""
+    finite = tf.math.is_finite(loss)
+    for g in grads:
+        if g is not None:
+            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+
+    def apply():
+        optimizer.apply_gradients(zip(grads, variables))
+        return tf.constant(0.0)
+    return tf.cond(finite, apply, lambda: tf.constant(1.0))
+
+
+def _restore_latest(ckpt, directory: Path, warn: bool = True) -> str | None:
+    """Restore the newest readable checkpoint in ``directory`` (newest first); its path or None."""
+    state = tf.train.get_checkpoint_state(str(directory))
+    if state is None:
+        return None
+    paths = list(state.all_model_checkpoint_paths or [state.model_checkpoint_path])[::-1]
+    for path in paths:
+        try:
+            ckpt.restore(path).expect_partial().assert_existing_objects_matched()
+            return path
+        except AssertionError as e:            # readable, but holds another architecture
+            raise UserError(f"{path}: checkpoint does not match this model/config "
+                            f"({str(e).splitlines()[0][:160]})") from None
+        except (tf.errors.OpError, ValueError) as e:
+            if warn:
+                import warnings
+                warnings.warn(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:120]}); "
+                              f"trying the previous one", stacklevel=2)
+    raise UserError(f"{directory}: no readable checkpoint (tried {len(paths)})")
 
 
 def _vars(obj) -> dict:
@@ -54,13 +97,7 @@ def restore(run_dir: Path, which: str = "best", **objects) -> int:
     step = tf.Variable(0, dtype=tf.int64)
     ckpt = variables_checkpoint(step=step, **objects)
     for name in (which, "last"):
-        path = tf.train.latest_checkpoint(str(Path(run_dir) / "ckpt" / name))
-        if path:
-            try:
-                ckpt.restore(path).expect_partial().assert_existing_objects_matched()
-            except (AssertionError, ValueError, tf.errors.OpError) as e:
-                raise UserError(f"{path}: checkpoint does not match this model/config "
-                                f"({str(e).splitlines()[0][:160]})") from None
+        if _restore_latest(ckpt, Path(run_dir) / "ckpt" / name):
             return int(step.numpy())
     raise UserError(f"{run_dir}: no checkpoint found (expected ckpt/{which} or ckpt/last)")
 
@@ -80,10 +117,18 @@ class Run:
     higher_is_better: bool = True
     desc: str = "train"
     schedule: Callable[[int], None] | None = None    # called before each step (e.g. set the lr)
+    on_nonfinite: str = "stop"                      # stop | skip (a step whose update is dropped)
+    deterministic: bool = False                     # TF op determinism (bitwise resume)
+    on_save: Callable[[], None] | None = None       # before a checkpoint (e.g. image pools)
+    on_restore: Callable[[], None] | None = None    # after resuming from one
 
 
 def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callable) -> dict:
     """Run (or resume) training; returns the summary written to ``summary.json``."""
+    if run.on_nonfinite not in ("stop", "skip"):
+        raise UserError(f"train.on_nonfinite must be stop|skip, got {run.on_nonfinite!r}")
+    if run.deterministic:
+        tf.config.experimental.enable_op_determinism()
     run.run_dir.mkdir(parents=True, exist_ok=True)
     step_var = tf.Variable(0, dtype=tf.int64)
     ckpt = variables_checkpoint(step=step_var, **run.objects)
@@ -91,26 +136,32 @@ def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callabl
     best = tf.train.CheckpointManager(ckpt, str(run.run_dir / "ckpt" / "best"), max_to_keep=1)
     best_value = -math.inf if run.higher_is_better else math.inf
     state_file = run.run_dir / "best.json"
-    if last.latest_checkpoint:
-        ckpt.restore(last.latest_checkpoint)
+    if _restore_latest(ckpt, run.run_dir / "ckpt" / "last"):
+        if run.on_restore is not None:
+            run.on_restore()
         if state_file.exists():
             best_value = json.loads(state_file.read_text())["value"]
     start = int(step_var.numpy())
     batches = iter(make_batches(start * run.batch_size))
     writer = tf.summary.create_file_writer(str(run.run_dir / "tb"))
     log_path = run.run_dir / "log.csv"
-    t0, logs = time.time(), {}
+    t0, logs, skipped = time.time(), {}, 0
     bar = tqdm(range(start, run.steps), initial=start, total=run.steps, desc=run.desc,
                leave=False, dynamic_ncols=True, mininterval=2.0)
     for step in bar:
         if run.schedule is not None:
             run.schedule(step)
-        logs = step_fn(*next(batches))
+        logs = dict(step_fn(*next(batches)))
+        if float(logs.pop("nonfinite", 0.0)) > 0:           # the update was not applied
+            if run.on_nonfinite == "stop":
+                raise NonFiniteError(
+                    f"{run.desc}: non-finite loss or gradient at step {step} "
+                    f"({ {k: float(v) for k, v in logs.items()} }); weights not updated, "
+                    f"last good checkpoint: {last.latest_checkpoint or 'none yet'}")
+            skipped += 1
+            tqdm.write(f"{run.desc}: step {step} skipped (non-finite loss or gradient)")
         if step % run.log_every == 0 or step == run.steps - 1:
             row = {"step": step, **{k: float(v) for k, v in logs.items()}}
-            if not all(np.isfinite(v) for v in row.values()):
-                raise FloatingPointError(f"non-finite loss at step {step}: {row}; last good "
-                                         f"checkpoint: {last.latest_checkpoint}")
             _append_csv(log_path, row)
             with writer.as_default(step=step):
                 for k, v in row.items():
@@ -128,20 +179,23 @@ def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callabl
             if (value > best_value) if run.higher_is_better else (value < best_value):
                 best_value = value
                 step_var.assign(done)
+                _ = run.on_save() if run.on_save is not None else None
                 best.save(checkpoint_number=done)
                 atomic_write_text(state_file, json.dumps({"step": done, "value": value}))
         if done % run.ckpt_every == 0 or done == run.steps:
             step_var.assign(done)
+            _ = run.on_save() if run.on_save is not None else None
             last.save(checkpoint_number=done)
     bar.close()
     writer.flush()
     if run.validate is None and not best.latest_checkpoint:
+        _ = run.on_save() if run.on_save is not None else None
         best.save(checkpoint_number=run.steps)
     final = {k: float(v) for k, v in logs.items()}
     if run.validate is None:  # no validation: the last checkpoint is the one to use
         best_value = final.get(run.metric, float("nan"))
     summary = {"steps": run.steps, "seconds": round(time.time() - t0, 1), "final": final,
-               "best": {run.metric: best_value}}
+               "best": {run.metric: best_value}, "skipped_nonfinite": skipped}
     atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 

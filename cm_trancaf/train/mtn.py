@@ -35,7 +35,7 @@ from ..losses import (adversarial_bce, adversarial_lsgan, cycle_l1, discriminato
                       identity_l1)
 from ..models.mtn import ImagePool, build_mtn
 from ..utils import UserError, atomic_path, atomic_write_text
-from .loop import Run, restore, train_loop
+from .loop import Run, apply_if_finite, restore, train_loop
 
 __all__ = ["lr_at", "make_mtn_steps", "train_mtn", "translate_volume", "translate_folder"]
 
@@ -65,8 +65,9 @@ def make_mtn_steps(nets: dict, opt_g, opt_d, cfg):
             l_cyc = cycle_l1(m, rec_m) + cycle_l1(c, rec_c)
             l_id = identity_l1(c, same_c) + identity_l1(m, same_m)
             loss = l_gan + cfg.lam * l_cyc + cfg.identity_weight * l_id                 # 4
-        opt_g.apply_gradients(zip(tape.gradient(loss, g_vars), g_vars))              # 5
-        logs = {"loss/G": loss, "loss/gan": l_gan, "loss/cycle": l_cyc, "loss/identity": l_id}
+        bad = apply_if_finite(opt_g, loss, tape.gradient(loss, g_vars), g_vars)       # 5
+        logs = {"loss/G": loss, "loss/gan": l_gan, "loss/cycle": l_cyc, "loss/identity": l_id,
+                "nonfinite": bad}
         return logs, fake_c, fake_m
 
     @tf.function
@@ -75,8 +76,8 @@ def make_mtn_steps(nets: dict, opt_g, opt_d, cfg):
             l_dc = discriminator_loss(D_c(c, training=True), D_c(fake_c, training=True), cfg.gan_loss)
             l_dm = discriminator_loss(D_m(m, training=True), D_m(fake_m, training=True), cfg.gan_loss)
             loss = l_dc + l_dm                                                         # 7
-        opt_d.apply_gradients(zip(tape.gradient(loss, d_vars), d_vars))
-        return {"loss/D_c": l_dc, "loss/D_m": l_dm}
+        bad = apply_if_finite(opt_d, loss, tape.gradient(loss, d_vars), d_vars)
+        return {"loss/D_c": l_dc, "loss/D_m": l_dm, "nonfinite": bad}
 
     return gen_step, disc_step
 
@@ -111,12 +112,17 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
     opt_g.build(nets["G_c"].trainable_variables + nets["G_m"].trainable_variables)
     opt_d.build(nets["D_c"].trainable_variables + nets["D_m"].trainable_variables)
     gen_step, disc_step = make_mtn_steps(nets, opt_g, opt_d, m)
-    pool_c, pool_m = ImagePool(m.pool_size, cfg.train.seed), ImagePool(m.pool_size, cfg.train.seed + 1)
+    pool_c = ImagePool(m.pool_size, m.patch_size, cfg.train.seed)
+    pool_m = ImagePool(m.pool_size, m.patch_size, cfg.train.seed + 1)
 
     def iteration(mr, ct):
         logs, fake_c, fake_m = gen_step(mr, ct)
+        if float(logs["nonfinite"]):          # no update of G: do not feed its output to D
+            return {**logs, "loss/D_c": float("nan"), "loss/D_m": float("nan")}
         fc, fm = pool_c.query(fake_c.numpy()), pool_m.query(fake_m.numpy())         # 6
-        return {**logs, **disc_step(mr, ct, tf.constant(fc), tf.constant(fm))}
+        d_logs = disc_step(mr, ct, tf.constant(fc), tf.constant(fm))
+        return {**logs, **d_logs, "nonfinite": max(float(logs["nonfinite"]),
+                                                    float(d_logs["nonfinite"]))}
 
     def batches(start):
         a = patch_dataset([p.image for p in src], m.patch_size, m.batch_size, cfg.train.seed, start)
@@ -130,9 +136,13 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
         opt_d.learning_rate.assign(lr)
 
     every = max(1, m.steps // 4)
+    pools = (pool_c, pool_m)
     run = Run(run_dir, m.steps, max(1, min(cfg.train.log_every, m.steps // 10 or 1)), every,
-              every, m.batch_size, {**nets, "opt_g": opt_g, "opt_d": opt_d}, None,
-              "loss/cycle", False, "mtn", schedule)
+              every, m.batch_size, {**nets, "opt_g": opt_g, "opt_d": opt_d, "pool_c": pool_c,
+                                    "pool_m": pool_m}, None, "loss/cycle", False, "mtn", schedule,
+              on_nonfinite=cfg.train.on_nonfinite, deterministic=cfg.train.deterministic,
+              on_save=lambda: [p.store() for p in pools],
+              on_restore=lambda: [p.load() for p in pools])
     return train_loop(run, batches, iteration)
 
 

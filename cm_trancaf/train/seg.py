@@ -28,7 +28,7 @@ from ..models.localizer import build_localizer, heatmap_peak
 from ..models.maunet import build_maunet
 from ..models.scn import build_scn
 from ..utils import UserError, atomic_write_text
-from .loop import Run, train_loop
+from .loop import Run, apply_if_finite, train_loop
 
 __all__ = ["prepare_cases", "split_cases", "pick_generated", "train_localizer", "train_maunet",
            "train_scn", "train_segmentation", "locate", "segment_roi", "dice_per_class"]
@@ -93,7 +93,8 @@ def _adam(lr):
 
 def _run(cfg_train, run_dir, objects, validate, metric, higher, desc, batch):
     return Run(Path(run_dir), cfg_train.steps, cfg_train.log_every, cfg_train.val_every,
-               cfg_train.ckpt_every, batch, objects, validate, metric, higher, desc)
+               cfg_train.ckpt_every, batch, objects, validate, metric, higher, desc,
+               on_nonfinite=cfg_train.on_nonfinite, deterministic=cfg_train.deterministic)
 
 
 def train_localizer(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepared],
@@ -106,9 +107,9 @@ def train_localizer(cfg: ExperimentConfig, train: list[Prepared], val: list[Prep
     def step(x, y):
         with tf.GradientTape() as tape:
             loss = 100.0 * heatmap_l2(y, model(x, training=True), peak_weight=50.0)
-        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                                model.trainable_variables))
-        return {"loss/heatmap": loss}
+        grads = tape.gradient(loss, model.trainable_variables)
+        return {"loss/heatmap": loss,
+                "nonfinite": apply_if_finite(opt, loss, grads, model.trainable_variables)}
 
     def validate():
         err = [np.linalg.norm((locate(model, c, cfg) - foreground_center(c.label))
@@ -143,9 +144,9 @@ def train_maunet(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepare
     def step(x, y):
         with tf.GradientTape() as tape:
             loss = dice_focal(y, model(x, training=True), t.lambda_focal, t.focal_gamma)
-        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                                model.trainable_variables))
-        return {"loss/dice_focal": loss}
+        grads = tape.gradient(loss, model.trainable_variables)
+        return {"loss/dice_focal": loss,
+                "nonfinite": apply_if_finite(opt, loss, grads, model.trainable_variables)}
 
     batches = lambda start: roi_dataset(train, cfg.data.roi_size, num_classes, cfg.augment,
                                         t.batch_size, t.seed, start)
@@ -171,8 +172,8 @@ def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Pr
             if not joint:
                 probs = tf.stop_gradient(probs)
             loss = dice_focal(y, scn(probs, x, training=True), t.lambda_focal, t.focal_gamma)
-        opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return {"loss/dice_focal": loss}
+        grads = tape.gradient(loss, variables)
+        return {"loss/dice_focal": loss, "nonfinite": apply_if_finite(opt, loss, grads, variables)}
 
     batches = lambda start: roi_dataset(train, cfg.data.roi_size, num_classes, cfg.augment,
                                         t.batch_size, t.seed + 1, start)
