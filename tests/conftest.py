@@ -25,3 +25,24 @@ def tiny_phantom(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantom")
     write_dataset(root, n_ct=3, n_mr=2, n_test=2, seed=7, spacing=TINY_SPACING)
     return root
+
+
+@pytest.fixture(scope="session")
+def seg_run(tiny_phantom, tmp_path_factory) -> Path:
+    """A trained tiny cascade (localizer, MAUNet, SCN): a ``train-seg`` run folder."""
+    from cm_trancaf.config import get_preset
+    from cm_trancaf.train.seg import train_segmentation
+    run = tmp_path_factory.mktemp("seg")
+    train_segmentation(get_preset("tiny"), tiny_phantom, run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def mtn_run(tiny_phantom, tmp_path_factory) -> Path:
+    """A trained tiny MTN: a ``train-mtn`` run folder (25 steps, a cycle loss that falls)."""
+    from cm_trancaf.config import apply_overrides, get_preset
+    from cm_trancaf.train.mtn import train_mtn
+    run = tmp_path_factory.mktemp("mtn")
+    cfg = apply_overrides(get_preset("tiny"), ["mtn.steps=25", "train.log_every=1", "mtn.lr=0.002"])
+    train_mtn(cfg, tiny_phantom, run)
+    return run

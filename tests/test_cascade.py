@@ -12,13 +12,6 @@ from cm_trancaf.predict import Cascade, predict_files
 from cm_trancaf.train.seg import train_segmentation
 
 
-@pytest.fixture(scope="module")
-def seg_run(tiny_phantom, tmp_path_factory):
-    run = tmp_path_factory.mktemp("seg")
-    train_segmentation(get_preset("tiny"), tiny_phantom, run)
-    return run
-
-
 def test_run_folder_contract(seg_run):
     for stage in ("localizer", "maunet", "scn"):
         assert (seg_run / stage / "ckpt" / "last" / "checkpoint").exists()

@@ -85,10 +85,10 @@ def test_label_codes_and_grids_are_checked(tmp_path):
                                LABEL_SETS["mmwhs"])
     assert set(np.unique(sitk.GetArrayFromImage(classes))) == {0, 3}  # LV is class 3
     write_image(_vol(spacing=(0.7, 0.8, 3.0)), tmp_path / "img2.nii.gz")
-    with pytest.raises(UserError, match="spacing .* differs"):
+    with pytest.raises(UserError, match="not on the grid .* spacing"):
         load_case(Case("c", tmp_path / "img2.nii.gz", tmp_path / "lab.nii.gz"), LABEL_SETS["mmwhs"])
     write_image(_vol(shape=(6, 7, 9)), tmp_path / "img3.nii.gz")
-    with pytest.raises(UserError, match="grid size"):
+    with pytest.raises(UserError, match="not on the grid .* size"):
         load_case(Case("c", tmp_path / "img3.nii.gz", tmp_path / "lab.nii.gz"), LABEL_SETS["mmwhs"])
 
 

@@ -12,14 +12,6 @@ from cm_trancaf.train.mtn import load_generator, lr_at, train_mtn, translate_fol
 from cm_trancaf.utils import UserError
 
 
-@pytest.fixture(scope="module")
-def mtn_run(tiny_phantom, tmp_path_factory):
-    run = tmp_path_factory.mktemp("mtn")
-    cfg = apply_overrides(get_preset("tiny"), ["mtn.steps=25", "train.log_every=1", "mtn.lr=0.002"])
-    train_mtn(cfg, tiny_phantom, run)
-    return run
-
-
 def test_cycle_loss_falls(mtn_run):
     log = pd.read_csv(mtn_run / "log.csv")["loss/cycle"].to_numpy()
     assert log[-5:].mean() < 0.8 * log[:3].mean(), log

@@ -177,13 +177,14 @@ def check_same_grid(a: sitk.Image, b: sitk.Image, path_a, path_b, tol: float = 1
     """Raise UserError unless two images share size, spacing, origin and direction."""
     ga, gb = Geometry.of(a), Geometry.of(b)
     if ga.size != gb.size:
-        raise UserError(f"{path_b}: grid size {gb.size} differs from {path_a} {ga.size}")
+        raise UserError(f"{path_b}: not on the grid of {path_a}: size {gb.size} vs {ga.size}")
     for name in ("spacing", "origin", "direction"):
         va, vb = np.asarray(getattr(ga, name)), np.asarray(getattr(gb, name))
         scale = 1.0 if name == "direction" else max(1.0, float(np.max(np.abs(va))))
         if np.max(np.abs(va - vb)) > tol * scale:
-            raise UserError(f"{path_b}: {name} {tuple(np.round(vb, 4))} differs from "
-                            f"{path_a} {tuple(np.round(va, 4))}")
+            fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+            raise UserError(f"{path_b}: not on the grid of {path_a}: {name} {fmt(vb)} vs "
+                            f"{fmt(va)}")
 
 
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:

@@ -56,6 +56,17 @@ def apply_if_finite(optimizer, loss, grads, variables):
     return tf.cond(finite, apply, lambda: tf.constant(1.0))
 
 
+def _readable(path: str) -> bool:
+    """Whether every tensor of a checkpoint can be read (a half-written one cannot)."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+        return True
+    except Exception:  # noqa: BLE001 - any failure to read means "not readable"
+        return False
+
+
 def _restore_latest(ckpt, directory: Path, warn: bool = True) -> str | None:
     """Restore the newest readable checkpoint in ``directory`` (newest first); its path or None."""
     state = tf.train.get_checkpoint_state(str(directory))
@@ -66,11 +77,11 @@ def _restore_latest(ckpt, directory: Path, warn: bool = True) -> str | None:
         try:
             ckpt.restore(path).expect_partial().assert_existing_objects_matched()
             return path
-        except AssertionError as e:            # readable, but holds another architecture
-            raise UserError(f"{path}: checkpoint does not match this model/config "
-                            f"({str(e).splitlines()[0][:160]})") from None
-        except (tf.errors.OpError, ValueError) as e:
-            if warn:
+        except (AssertionError, tf.errors.OpError, ValueError, IndexError, OSError) as e:
+            if _readable(path):                # intact, but holds another architecture
+                raise UserError(f"{path}: checkpoint does not match this model/config "
+                                f"({str(e).splitlines()[0][:160]})") from None
+            if warn:                           # truncated or corrupt: try the previous one
                 import warnings
                 warnings.warn(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:120]}); "
                               f"trying the previous one", stacklevel=2)

@@ -209,6 +209,9 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
     extra = []
     if generated is not None:
         extra = pick_generated(generated_cases(generated), cfg.mtn.ratio, cfg.train.seed)
+    train = prepare_cases(train_cases + extra, labelset, cfg)   # every file read and checked
+    real_train = train[: len(train_cases)]                      # before anything is written
+    val = prepare_cases(val_cases, labelset, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
     atomic_write_text(run_dir / "split.json", json.dumps({
@@ -216,9 +219,6 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
         "train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases],
         "generated": [c.case_id for c in extra]}, indent=2))
     keras.utils.set_random_seed(cfg.train.seed)
-    train = prepare_cases(train_cases + extra, labelset, cfg)
-    real_train = train[: len(train_cases)]
-    val = prepare_cases(val_cases, labelset, cfg)
     k = labelset.num_classes
     out = {}
     if "localizer" in stages:
