@@ -3,7 +3,8 @@
     phantom (MM-WHS layout: 6 CT + 6 MRI training, 4 held-out CT)
       -> train-mtn (G_c: MRI -> CT) -> translate the labelled MRI -> synthetic CT + labels
       -> train-seg (localizer, MAUNet, SCN) on real CT + r * synthetic CT
-      -> predict the held-out CT -> evaluate -> per-structure table (+ figures)
+      -> predict the held-out CT -> evaluate -> per-structure table
+      -> figures/dice_bars.png, figures/qualitative.png
 """
 from __future__ import annotations
 
@@ -45,4 +46,24 @@ def run_demo(out: Path, preset: str = "cpu", seed: int = 0, overrides=None,
                                   out / "results.csv")
     print(f"[{time.time() - t0:5.0f}s] held-out phantom CT, preset {cfg.name}:")
     print(format_summary(summary))
+    figures = save_figures(out, summary, data)
+    print(f"figures: {', '.join(str(f) for f in figures)}")
     return {"summary": summary, "seconds": time.time() - t0}
+
+
+def save_figures(out: Path, summary, data: Path) -> list[Path]:
+    """Per-structure Dice bars and a qualitative panel (ROI image, truth, prediction, AG map)."""
+    import matplotlib.pyplot as plt
+
+    from . import plots
+    from .data.datasets import mmwhs_cases
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    bars = plots.dice_bars(summary.rename_axis("structure").reset_index().assign(
+        setting="CM-TranCaF (demo)"), "held-out phantom CT")
+    case = mmwhs_cases(data, "ct", "test")[0]
+    qual = plots.qualitative(out / "runs" / "seg", case.image, case.label)
+    paths = [out / "figures" / "dice_bars.png", out / "figures" / "qualitative.png"]
+    for fig, path in zip((bars, qual), paths):
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+    return paths

@@ -133,8 +133,12 @@ def qualitative(run_dir, image_path, label_path=None, modality: str | None = Non
     z = roi.shape[0] // 2
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
     for ax, (vol, title, cmap) in zip(np.atleast_1d(axes), panels):
-        kw = {"vmin": 0, "vmax": 9, "interpolation": "nearest"} if cmap == "tab10" else {}
-        ax.imshow(vol[z], cmap=cmap, **kw)
+        if cmap == "tab10":                                   # labels over the image
+            ax.imshow(roi[z], cmap="gray")
+            ax.imshow(np.ma.masked_equal(vol[z], 0), cmap=cmap, vmin=0, vmax=9, alpha=0.6,
+                      interpolation="nearest")
+        else:
+            ax.imshow(vol[z], cmap=cmap)
         ax.set_title(title)
         ax.axis("off")
     fig.tight_layout()
