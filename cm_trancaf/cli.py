@@ -201,13 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_guarded(command: str, fn) -> int:
-    """Call ``fn()``; a user error (bad file, bad option) becomes one line and exit code 2."""
+    """Call ``fn()``; a user error (bad file, bad option, a folder that cannot be written)
+    becomes one line and exit code 2; a non-finite loss one line and exit code 3."""
     from .config import ConfigError
     try:
         return int(fn() or 0)
     except (UserError, ConfigError) as e:
         print(f"cm-trancaf {command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        import errno
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT,
+                           errno.ENOENT, errno.EISDIR, errno.ENOTDIR):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"cm-trancaf {command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:       # NaN/Inf loss: the weights and checkpoints are intact
+        print(f"cm-trancaf {command}: error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"cm-trancaf {command}: interrupted", file=sys.stderr)
         return 130

@@ -302,3 +302,19 @@ def test_checkpoint_from_another_config(seg_run, tiny_phantom, tmp_path, capsys)
     _expect_one_line(["predict", "--run", str(other), "--input", str(tiny_phantom / "ct_test"),
                       "--out", str(tmp_path / "out")], capsys, "does not match",
                      out_dir=tmp_path / "out")
+
+
+def test_unwritable_run_folder_is_one_line(tiny_phantom, tmp_path, capsys, monkeypatch):
+    """A training command whose run folder cannot be created (e.g. permission denied)."""
+    import errno
+    import pathlib
+    real = pathlib.Path.mkdir
+
+    def deny(self, *a, **k):
+        if "denied" in str(self):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *a, **k)
+    monkeypatch.setattr(pathlib.Path, "mkdir", deny)
+    out = tmp_path / "denied" / "run"
+    _expect_one_line(["train-seg", "--data", str(tiny_phantom), "--out", str(out), "--preset",
+                      "tiny", "--stage", "localizer"], capsys, "denied", "Permission denied")
