@@ -152,6 +152,12 @@ def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callabl
             run.on_restore()
         if state_file.exists():
             best_value = json.loads(state_file.read_text())["value"]
+    def save(manager, step: int) -> None:
+        step_var.assign(step)
+        if run.on_save is not None:      # e.g. copy the MTN image pools into their variables
+            run.on_save()
+        manager.save(checkpoint_number=step)
+
     start = int(step_var.numpy())
     batches = iter(make_batches(start * run.batch_size))
     writer = tf.summary.create_file_writer(str(run.run_dir / "tb"))
@@ -189,19 +195,14 @@ def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callabl
             value = val[run.metric]
             if (value > best_value) if run.higher_is_better else (value < best_value):
                 best_value = value
-                step_var.assign(done)
-                _ = run.on_save() if run.on_save is not None else None
-                best.save(checkpoint_number=done)
+                save(best, done)
                 atomic_write_text(state_file, json.dumps({"step": done, "value": value}))
         if done % run.ckpt_every == 0 or done == run.steps:
-            step_var.assign(done)
-            _ = run.on_save() if run.on_save is not None else None
-            last.save(checkpoint_number=done)
+            save(last, done)
     bar.close()
     writer.flush()
     if run.validate is None and not best.latest_checkpoint:
-        _ = run.on_save() if run.on_save is not None else None
-        best.save(checkpoint_number=run.steps)
+        save(best, run.steps)
     final = {k: float(v) for k, v in logs.items()}
     if run.validate is None:  # no validation: the last checkpoint is the one to use
         best_value = final.get(run.metric, float("nan"))
