@@ -31,8 +31,8 @@ import pandas as pd
 from .config import apply_overrides, get_preset, save_config
 from .utils import UserError, atomic_path, atomic_write_text
 
-__all__ = ["Setting", "kfold_splits", "run_experiment", "summarize_experiment", "markdown_table",
-           "main"]
+__all__ = ["Setting", "Cohort", "kfold_splits", "mmwhs_cohort", "mscmrseg_cohort", "acdc_cohort",
+           "run_experiment", "summarize_experiment", "markdown_table", "main"]
 
 STRUCTURES = ("LV", "RV", "LA", "RA", "Myo", "AA", "PA")
 # Published numbers (CM-TranCaF paper, MM-WHS 2017 CT test set; SPEC "Results to reproduce").
@@ -46,6 +46,26 @@ class Setting:
     mtn: bool = False                        # add MTN-generated CT (G_c(MRI) + MRI labels)
     ratio: float = 0.5                       # r: share of the generated cases used
     mtn_overrides: tuple[str, ...] = ()      # e.g. ("mtn.lam=5",): an MTN run of its own
+    raw: bool = False                        # add the labelled source cases untranslated (naive pooling)
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Where an experiment's cases come from: labelled target-domain (train, test) splits, and the
+    source domain the MTN translates (labelled cases, their folder, the target images it learns
+    from; labels of those are never read by the MTN)."""
+    data: Path
+    splits: tuple                            # ((train cases, test cases), ...) one per fold
+    source: tuple = ()                       # labelled source-domain cases (MRI / bSSFP)
+    source_dir: Path | None = None           # the folder `translate` reads
+    mtn_target: tuple = ()                   # target-domain images of the MTN
+    layout: str = "mmwhs"
+
+    def describe(self) -> dict:
+        ids = lambda cases: [c.case_id for c in cases]
+        return {"data": str(self.data), "layout": self.layout,
+                "splits": [{"train": ids(tr), "test": ids(te)} for tr, te in self.splits],
+                "source": ids(self.source), "mtn_target": ids(self.mtn_target)}
 
 
 def kfold_splits(case_ids: list[str], folds: int, seed: int) -> list[tuple[list[str], list[str]]]:
@@ -61,17 +81,86 @@ def _key(items) -> str:
     return hashlib.sha1(json.dumps(list(items)).encode()).hexdigest()[:8] if items else "default"
 
 
-def _generated(base, setting: Setting, data: Path, work: Path, seed: int) -> Path:
-    """Train (once) the MTN of this setting and translate the labelled MRI; the output folder."""
+def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int) -> Path:
+    """Train (once) the MTN of this setting and translate the labelled source cases; the folder."""
     from .train.mtn import train_mtn, translate_folder
+    if not cohort.source or cohort.source_dir is None:
+        raise UserError(f"setting {setting.name!r} needs source-domain cases (MTN); "
+                        f"{cohort.data} ({cohort.layout}) has none")
     cfg = apply_overrides(base, [*setting.mtn_overrides, f"train.seed={seed}"])
     key = f"{_key(setting.mtn_overrides)}_s{seed}"
     run, out = work / "mtn" / key, work / "generated" / key
     if not (run / "summary.json").exists():
-        train_mtn(cfg, data, run)
+        train_mtn(cfg, cohort.data, run, layout=cohort.layout,
+                  cases=(list(cohort.source), list(cohort.mtn_target)))
     if not (out / "manifest.csv").exists():
-        translate_folder(run, data / "mr_train", out)
+        translate_folder(run, cohort.source_dir, out)
     return out
+
+
+def _split_ids(ids: list[str], seed: int, *sizes: int) -> list[list[str]]:
+    """Disjoint groups of the given sizes (the last gets the rest when its size is None), drawn
+    reproducibly from the seed; each group sorted."""
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    out, at = [], 0
+    for n in sizes:
+        n = len(ids) - at if n is None else n
+        out.append(sorted(order[at:at + n]))
+        at += n
+    return out
+
+
+def mmwhs_cohort(base, data: Path, folds: int = 0) -> Cohort:
+    """MM-WHS layout: ct_train (k-fold) or ct_train / labelled ct_test; source mr_train."""
+    from .data.datasets import mmwhs_cases
+    train_all = mmwhs_cases(data, base.data.modality, "train")
+    if folds:
+        by_id = {c.case_id: c for c in train_all}
+        splits = tuple(([by_id[i] for i in tr], [by_id[i] for i in te])
+                       for tr, te in kfold_splits(sorted(by_id), folds, 0))
+    else:
+        try:
+            test = [c for c in mmwhs_cases(data, base.data.modality, "test") if c.label is not None]
+        except UserError:
+            test = []
+        if not test:
+            raise UserError(f"{data}: no labelled {base.data.modality}_test cases (MM-WHS test "
+                            f"labels are not public): use --folds K for cross-validation")
+        splits = ((train_all, test),)
+    src_dir = Path(data) / "mr_train"
+    source = tuple(mmwhs_cases(data, "mr", "train")) if src_dir.is_dir() else ()
+    return Cohort(Path(data), splits, source, src_dir if source else None, tuple(train_all))
+
+
+def mscmrseg_cohort(data: Path, n_train: int = 5, n_unlabelled: int = 5, seed: int = 0,
+                    source: str = "C0", target: str = "LGE") -> Cohort:
+    """MS-CMRSeg: the target patients split at random (seed) into ``n_train`` labelled training
+    cases, ``n_unlabelled`` whose images only the MTN sees, and the rest for testing. Every labelled
+    source case (bSSFP) is available for pooling or translation. Test images are never trained on."""
+    from .data.datasets import mscmrseg_cases
+    tgt = {c.case_id: c for c in mscmrseg_cases(data, target) if c.label is not None}
+    src = tuple(c for c in mscmrseg_cases(data, source) if c.label is not None)
+    if len(tgt) < n_train + n_unlabelled + 1:
+        raise UserError(f"{Path(data) / target}: {len(tgt)} labelled {target} patients, need at "
+                        f"least {n_train + n_unlabelled + 1} ({n_train} train, {n_unlabelled} "
+                        f"unlabelled, >= 1 test)")
+    if not src:
+        raise UserError(f"{Path(data) / source}: no labelled {source} cases")
+    tr, unl, te = _split_ids(sorted(tgt), seed, n_train, n_unlabelled, None)
+    pick = lambda ids: [tgt[i] for i in ids]
+    return Cohort(Path(data), ((pick(tr), pick(te)),), src, Path(data) / source,
+                  tuple(pick(tr) + pick(unl)), "mscmrseg")
+
+
+def acdc_cohort(data: Path, n_test: int = 20, n_train: int | None = None, seed: int = 0) -> Cohort:
+    """ACDC: ``n_test`` patients drawn at random (seed) for testing, ``n_train`` (default: all the
+    others) for training. Single modality: no source domain."""
+    from .data.datasets import acdc_cases
+    cases = {c.case_id: c for c in acdc_cases(data) if c.label is not None}
+    if len(cases) < n_test + 2:
+        raise UserError(f"{data}: {len(cases)} labelled ACDC patients, need at least {n_test + 2}")
+    te, tr = _split_ids(sorted(cases), seed, n_test, n_train)
+    return Cohort(Path(data), (([cases[i] for i in tr], [cases[i] for i in te]),), layout="acdc")
 
 
 def _evaluate_setting(seg_dir: Path, test_cases, pred_dir: Path, labelset) -> list[dict]:
@@ -95,35 +184,29 @@ def _evaluate_setting(seg_dir: Path, test_cases, pred_dir: Path, labelset) -> li
 
 
 def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Path | None = None,
-                   seeds: int = 1, folds: int = 0, published: dict | None = None) -> pd.DataFrame:
-    """Run every setting x seed x fold; write the results folder; return the per-case rows."""
+                   seeds: int = 1, folds: int = 0, published: dict | None = None,
+                   cohort: Cohort | None = None, note: str | None = None) -> pd.DataFrame:
+    """Run every setting x seed x fold; write the results folder; return the per-case rows.
+
+    ``cohort`` gives the cases (MS-CMRSeg, ACDC, ...); without it, the MM-WHS layout at ``data``
+    (default: the built-in phantom) with ``folds``."""
     from .data import phantom
-    from .data.datasets import get_labelset, mmwhs_cases
+    from .data.datasets import get_labelset
     from .train.seg import train_segmentation
     out = Path(out)
     work = out / "work"
-    if data is None:                                    # the built-in phantom, test labels known
-        data = work / "phantom"
-        if not (data / "phantom.json").exists():
-            n = (3, 2, 2) if base.name == "tiny" else (6, 6, 4)
-            spacing = {"ct": (4.0, 4.0, 4.0), "mr": (5.0, 5.0, 6.0)} if base.name == "tiny" else None
-            phantom.write_dataset(data, *n, seed=0, spacing=spacing)
-    data = Path(data)
+    if cohort is None:
+        if data is None:                                # the built-in phantom, test labels known
+            data = work / "phantom"
+            if not (data / "phantom.json").exists():
+                n = (3, 2, 2) if base.name == "tiny" else (6, 6, 4)
+                spacing = ({"ct": (4.0, 4.0, 4.0), "mr": (5.0, 5.0, 6.0)} if base.name == "tiny"
+                           else None)
+                phantom.write_dataset(data, *n, seed=0, spacing=spacing)
+        cohort = mmwhs_cohort(base, Path(data), folds)
+    data = cohort.data
     labelset = get_labelset(base.data.labels)
-    train_all = mmwhs_cases(data, base.data.modality, "train")
-    if folds:
-        by_id = {c.case_id: c for c in train_all}
-        splits = [([by_id[i] for i in tr], [by_id[i] for i in te])
-                  for tr, te in kfold_splits(sorted(by_id), folds, 0)]
-    else:
-        try:
-            test = [c for c in mmwhs_cases(data, base.data.modality, "test") if c.label is not None]
-        except UserError:
-            test = []
-        if not test:
-            raise UserError(f"{data}: no labelled {base.data.modality}_test cases (MM-WHS test "
-                            f"labels are not public): use --folds K for cross-validation")
-        splits = [(train_all, test)]
+    splits = cohort.splits
     out.mkdir(parents=True, exist_ok=True)
     save_config(base, out / "config.json")
     # a re-run of some settings (``--only``) keeps the other settings' results
@@ -136,7 +219,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                  if s["name"] not in names and s["name"] in set(old["setting"])] + known
     atomic_write_text(out / "settings.json", json.dumps(
         {"experiment": name, "data": str(data), "seeds": seeds, "folds": folds,
-         "settings": known}, indent=2))
+         "settings": known, "cohort": cohort.describe()}, indent=2))
     rows = list(kept)
     for seed in range(seeds):
         for fold, (train_cases, test_cases) in enumerate(splits):
@@ -145,10 +228,14 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                 tag = f"s{seed}_f{fold}"
                 cfg = apply_overrides(base, [*s.overrides, f"train.seed={seed}",
                                              f"mtn.ratio={s.ratio if s.mtn else 0.0}"])
-                generated = _generated(base, s, data, work, seed) if s.mtn else None
+                generated = _generated(base, s, cohort, work, seed) if s.mtn else None
+                if s.raw and not cohort.source:
+                    raise UserError(f"setting {s.name!r} pools source-domain cases; {data} "
+                                    f"({cohort.layout}) has none")
                 seg_dir = work / "seg" / s.name / tag
                 if not (seg_dir / "done.json").exists():
-                    train_segmentation(cfg, data, seg_dir, generated=generated, cases=train_cases)
+                    train_segmentation(cfg, data, seg_dir, generated=generated, cases=train_cases,
+                                       extra=list(cohort.source) if s.raw else None)
                     atomic_write_text(seg_dir / "done.json", json.dumps({"seconds": time.time() - t0}))
                 case_rows = _evaluate_setting(seg_dir, test_cases, work / "pred" / s.name / tag,
                                               labelset)
@@ -160,7 +247,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                       f"{100 * np.mean(whs):.1f}% ({time.time() - t0:.0f} s)", flush=True)
     summary = summarize_experiment(df)
     _write_csv(summary, out / "summary.csv")
-    table = markdown_table(summary, [s["name"] for s in known], published)
+    table = markdown_table(summary, [s["name"] for s in known], published, note)
     atomic_write_text(out / "table.md", f"# {name}\n\n{table}\n")
     print(table)
     return df
@@ -180,17 +267,26 @@ def summarize_experiment(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def markdown_table(summary: pd.DataFrame, order: list[str], published: dict | None = None) -> str:
-    """Rows: settings. Columns: Dice % per structure, then WHS mean Dice / Jaccard % and HD mm."""
-    cols = [*STRUCTURES, "WHS_mean dice", "WHS_mean jaccard", "WHS_mean hd_mm", "WHS_generalised dice"]
-    head = ["setting", *[f"{c} Dice %" for c in STRUCTURES], "mean Dice %", "mean Jaccard %",
-            "mean HD mm", "generalised Dice %"]
+def markdown_table(summary: pd.DataFrame, order: list[str], published: dict | None = None,
+                   note: str | None = None) -> str:
+    """Rows: settings. Columns: Dice % per structure (and HD mm per structure when there are at
+    most 4, as for the 3-class cardiac MRI sets), then the mean over structures (Dice, Jaccard, HD)
+    and the generalised Dice. Published rows use the same column keys, e.g. ``"LV dice"``."""
+    present = set(summary["structure"]) - {"WHS_mean", "WHS_generalised"}
+    structures = [c for c in STRUCTURES if c in present] + sorted(present - set(STRUCTURES))
+    cols = [f"{c} dice" for c in structures]
+    head = [f"{c} Dice %" for c in structures]
+    if len(structures) <= 4:
+        cols += [f"{c} hd_mm" for c in structures]
+        head += [f"{c} HD mm" for c in structures]
+    cols += ["WHS_mean dice", "WHS_mean jaccard", "WHS_mean hd_mm", "WHS_generalised dice"]
+    head = ["setting", *head, "mean Dice %", "mean Jaccard %", "mean HD mm", "generalised Dice %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     s = summary.set_index(["setting", "structure"])
     for name in order:
         cells = [name]
         for col in cols:
-            structure, metric = (col.split(" ") + ["dice"])[:2]
+            structure, metric = col.split(" ")
             try:
                 mean, std = s.loc[(name, structure), f"{metric}_mean"], s.loc[(name, structure),
                                                                               f"{metric}_std"]
@@ -205,23 +301,47 @@ def markdown_table(summary: pd.DataFrame, order: list[str], published: dict | No
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Mean ± std over test cases (x seeds x folds). mean = WHS_mean, the mean over the "
-                 "7 structures; generalised = volume-weighted Dice. Published rows: MM-WHS 2017 "
-                 "CT test set, not comparable with phantom results.")
+                 f"{len(structures)} structures; generalised = volume-weighted Dice. "
+                 + (note if note is not None else "Published rows: MM-WHS 2017 CT test set, not "
+                    "comparable with phantom results."))
     return "\n".join(lines)
 
 
+DATASETS = {
+    "mmwhs": ("MM-WHS root (ct_train/, mr_train/); default: the built-in phantom", None),
+    "mscmrseg": ("MS-CMRSeg root (C0/, LGE/), e.g. ../shared/data/mscmrseg", "mscmrseg"),
+    "acdc": ("ACDC root (images/, masks/), e.g. ../shared/data/acdc", "acdc"),
+}
+
+
 def main(name: str, settings: list[Setting], argv=None, doc: str = "",
-         published: dict | None = None) -> int:
-    """Command line shared by ``experiments/table*.py``."""
+         published: dict | None = None, dataset: str = "mmwhs", note: str | None = None) -> int:
+    """Command line shared by ``experiments/*.py``; ``dataset`` picks the cohort and its options."""
     from .cli import run_guarded
     p = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
-    p.add_argument("--preset", default="cpu", help="paper (GPU, MM-WHS) | cpu (phantom) | tiny")
+    mmwhs = dataset == "mmwhs"
+    p.add_argument("--preset", default="cpu" if mmwhs else "cmr_cpu",
+                   help="paper (GPU) | cpu (phantom) | tiny" if mmwhs else
+                   "cmr (GPU) | cmr_cpu (2 CPU cores) | tiny")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--data", help="MM-WHS root (ct_train/, mr_train/); default: the phantom")
-    p.add_argument("--folds", type=int, default=None,
-                   help="K-fold cross-validation on ct_train (default: 5 with --data, else 0 = "
-                        "the phantom's labelled ct_test)")
+    p.add_argument("--data", required=not mmwhs, help=DATASETS[dataset][0])
+    if mmwhs:
+        p.add_argument("--folds", type=int, default=None,
+                       help="K-fold cross-validation on ct_train (default: 5 with --data, else 0 = "
+                            "the phantom's labelled ct_test)")
+    if dataset == "mscmrseg":
+        p.add_argument("--n-train", type=int, default=5, help="labelled target (LGE) patients")
+        p.add_argument("--n-unlabelled", type=int, default=5,
+                       help="target patients whose images (only) the MTN learns from")
+        p.add_argument("--source", default="C0", help="source sequence with labels")
+        p.add_argument("--target", default="LGE", help="target sequence; the rest is tested")
+    if dataset == "acdc":
+        p.add_argument("--n-test", type=int, default=20, help="held-out test patients")
+        p.add_argument("--n-train", type=int, default=None,
+                       help="training patients (default: all the others)")
+    if not mmwhs:
+        p.add_argument("--split-seed", type=int, default=0, help="seed of the patient split")
     p.add_argument("--seeds", type=int, default=1, help="seeds per setting (mean +- std over all)")
     p.add_argument("--only", action="append", help="run only these settings (repeatable)")
     p.add_argument("--out", default="results", help="results root")
@@ -229,12 +349,22 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
     args = p.parse_args(argv)
 
     def go():
-        base = apply_overrides(get_preset(args.preset), args.overrides)
+        labels = DATASETS[dataset][1]
+        fixed = [f"data.labels={labels}", "data.modality=mr"] if labels else []
+        base = apply_overrides(get_preset(args.preset), fixed + args.overrides)
         chosen = [s for s in settings if not args.only or s.name in args.only]
         if not chosen:
             raise UserError(f"--only {args.only}: no such setting; have {[s.name for s in settings]}")
-        folds = args.folds if args.folds is not None else (5 if args.data else 0)
+        cohort, folds = None, 0
+        if dataset == "mscmrseg":
+            cohort = mscmrseg_cohort(Path(args.data), args.n_train, args.n_unlabelled,
+                                     args.split_seed, args.source, args.target)
+        elif dataset == "acdc":
+            cohort = acdc_cohort(Path(args.data), args.n_test, args.n_train, args.split_seed)
+        else:
+            folds = args.folds if args.folds is not None else (5 if args.data else 0)
         run_experiment(name, chosen, base, Path(args.out) / name / (args.run or args.preset),
-                       Path(args.data) if args.data else None, args.seeds, folds, published)
+                       Path(args.data) if args.data else None, args.seeds, folds, published,
+                       cohort, note)
         return 0
     return run_guarded(name, go)

@@ -92,15 +92,23 @@ def _prepare_all(cases: list[Case], cfg: ExperimentConfig, modality: str) -> lis
 
 
 def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
-              source: dict | None = None, target: dict | None = None) -> dict:
-    """Train G_c (source -> target) on unpaired patches. MM-WHS default: mr_train -> ct_train."""
+              source: dict | None = None, target: dict | None = None,
+              cases: tuple[list[Case], list[Case]] | None = None) -> dict:
+    """Train G_c (source -> target) on unpaired patches. MM-WHS default: mr_train -> ct_train.
+
+    ``cases`` (source cases, target cases) replaces the data set's listing, e.g. the MS-CMRSeg LGE
+    patients of an experiment's training split; their labels are not read."""
     run_dir, m = Path(run_dir), cfg.mtn
     source = source or {"modality": "mr", "split": "train"}
     target = target or {"modality": "ct", "split": "train"}
     src_mod = source.get("modality", "mr") if layout == "mmwhs" else "mr"
     tgt_mod = target.get("modality", "ct") if layout == "mmwhs" else "mr"
-    src = _prepare_all(find_cases(data_root, layout, **source), cfg, src_mod)
-    tgt = _prepare_all(find_cases(data_root, layout, **target), cfg, tgt_mod)
+    src_cases, tgt_cases = cases or (find_cases(data_root, layout, **source),
+                                     find_cases(data_root, layout, **target))
+    if cases:
+        src_mod, tgt_mod = src_cases[0].modality, tgt_cases[0].modality
+    src = _prepare_all(src_cases, cfg, src_mod)
+    tgt = _prepare_all(tgt_cases, cfg, tgt_mod)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
     atomic_write_text(run_dir / "mtn.json", json.dumps(

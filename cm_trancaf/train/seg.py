@@ -187,11 +187,13 @@ def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Pr
 
 def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: str | Path,
                        layout: str = "mmwhs", stages=STAGES, generated: str | Path | None = None,
-                       codes=None, cases: list[Case] | None = None, **layout_kw) -> dict:
+                       codes=None, cases: list[Case] | None = None,
+                       extra: list[Case] | None = None, **layout_kw) -> dict:
     """Train the requested stages into ``run_dir``; returns {stage: summary}.
 
     ``cases`` (optional) replaces the data set's training cases, e.g. the training folds of a
-    cross-validation; the last 20% of them validate."""
+    cross-validation; the last 20% of them validate. ``extra`` cases (e.g. another MRI sequence,
+    pooled untranslated) train MAUNet and SCN like generated ones and never validate."""
     from .loop import restore
     run_dir = Path(run_dir)
     unknown = set(stages) - set(STAGES)
@@ -206,9 +208,14 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
         missing = [str(c.image) for c in cases if c.label is None][:3]
         raise UserError(f"training cases without label maps: {missing}")
     train_cases, val_cases = split_cases(cases)
-    extra = []
+    generated_used = []
     if generated is not None:
-        extra = pick_generated(generated_cases(generated), cfg.mtn.ratio, cfg.train.seed)
+        generated_used = pick_generated(generated_cases(generated), cfg.mtn.ratio, cfg.train.seed)
+    pooled = list(extra or [])
+    if any(c.label is None for c in pooled):
+        raise UserError(f"extra training cases without label maps: "
+                        f"{[str(c.image) for c in pooled if c.label is None][:3]}")
+    extra = generated_used + pooled
     train = prepare_cases(train_cases + extra, labelset, cfg)   # every file read and checked
     real_train = train[: len(train_cases)]                      # before anything is written
     val = prepare_cases(val_cases, labelset, cfg)
@@ -217,7 +224,8 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
     atomic_write_text(run_dir / "split.json", json.dumps({
         "labels": labelset.name, "codes": list(labelset.codes), "data_root": str(data_root),
         "train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases],
-        "generated": [c.case_id for c in extra]}, indent=2))
+        "generated": [c.case_id for c in generated_used], "pooled": [c.case_id for c in pooled]},
+        indent=2))
     keras.utils.set_random_seed(cfg.train.seed)
     k = labelset.num_classes
     out = {}

@@ -1,0 +1,25 @@
+"""ACDC: single-modality segmentation of real cine MRI (3 classes: RV, Myo, LV).
+
+Localizer + MAUNet + SCN trained on ACDC patients, tested on --n-test held-out patients drawn at
+random (--split-seed); the SCN-off row shares nothing but the data.
+
+    python experiments/acdc.py --data ../shared/data/acdc                      # cmr_cpu, 2 cores
+    python experiments/acdc.py --data /data/ACDC --preset cmr --seeds 3        # GPU
+Results: results/acdc/<preset>/{per_case.csv, summary.csv, table.md, settings.json}.
+"""
+import sys
+
+from cm_trancaf.experiments import Setting, main
+
+SETTINGS = [Setting("MAUNet + SCN"), Setting("MAUNet (SCN off)", ("scn.enabled=False",))]
+# A 2D U-Net on the 100 ACDC training patients (Dangi et al., Med Phys 2019, Table II, "UNet"),
+# mean of RV, Myo, LV: https://pmc.ncbi.nlm.nih.gov/articles/PMC7372294/table/T2
+PUBLISHED = {"U-Net, ED (Dangi et al. 2019)": {"WHS_mean dice": 91.6, "WHS_mean jaccard": 85.0,
+                                                "WHS_mean hd_mm": 10.03},
+             "U-Net, ES (Dangi et al. 2019)": {"WHS_mean dice": 87.2, "WHS_mean jaccard": 78.3,
+                                                "WHS_mean hd_mm": 12.61}}
+NOTE = ("Published rows: 2D U-Net, other splits and one cardiac phase each; our data has one "
+        "frame per patient. Indicative only.")
+
+if __name__ == "__main__":
+    sys.exit(main("acdc", SETTINGS, sys.argv[1:], __doc__, PUBLISHED, dataset="acdc", note=NOTE))

@@ -1,0 +1,149 @@
+"""Real-data experiments (MS-CMRSeg bSSFP -> LGE, ACDC): patient splits, the pooling and MTN
+settings, and the results table, on small phantom folders in each layout (and on ../shared/data
+when present: splits and case listing only, training there is a benchmark)."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from cm_trancaf.config import apply_overrides, get_preset
+from cm_trancaf.data import phantom
+from cm_trancaf.data.io import write_image
+from cm_trancaf.experiments import Setting, acdc_cohort, mscmrseg_cohort, run_experiment
+from cm_trancaf.utils import UserError
+
+from conftest import need_shared
+
+ROOT = Path(__file__).resolve().parents[1]
+# MM-WHS classes 1 Myo, 3 LV, 5 RV -> the 3-class sets; the other chambers become background
+MSCMR = {1: 200, 3: 500, 5: 600}
+ACDC = {5: 1, 1: 2, 3: 3}
+
+
+def _write_label(path: Path, lab, lut: dict) -> None:
+    arr = np.zeros(sitk.GetArrayViewFromImage(lab).shape, np.int16)
+    for k, code in lut.items():
+        arr[sitk.GetArrayViewFromImage(lab) == k] = code
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(lab)
+    write_image(out, path)
+
+
+def _cases(n, seed, spacing):
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        yield i + 1, phantom.make_case(phantom.random_anatomy(rng), "mr", rng, spacing,
+                                       (220.0, 200.0, 150.0))
+
+
+@pytest.fixture(scope="module")
+def tiny_mscmrseg(tmp_path_factory) -> Path:
+    """MS-CMRSeg layout: 4 C0 patients (thick slices), 5 LGE patients, codes 200/500/600."""
+    root = tmp_path_factory.mktemp("mscmrseg")
+    for seq, n, seed, sp in (("C0", 4, 1, (5.0, 5.0, 10.0)), ("LGE", 5, 2, (4.0, 4.0, 6.0))):
+        (root / seq).mkdir()
+        for num, (img, lab) in _cases(n, seed, sp):
+            write_image(img, root / seq / f"patient{num}_{seq}.nii.gz")
+            _write_label(root / seq / f"patient{num}_{seq}_manual.nii.gz", lab, MSCMR)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_acdc(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("acdc")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    for num, (img, lab) in _cases(5, 3, (5.0, 5.0, 10.0)):
+        img = sitk.Cast(sitk.RescaleIntensity(img, 0, 600), sitk.sitkInt16)   # int16 as ACDC
+        write_image(img, root / "images" / f"patient{num:03d}.nii.gz")
+        _write_label(root / "masks" / f"patient{num:03d}_mask.nii.gz", lab, ACDC)
+    return root
+
+
+def test_mscmrseg_split_is_disjoint_reproducible_and_follows_the_folder(tiny_mscmrseg, tmp_path):
+    c = mscmrseg_cohort(tiny_mscmrseg, n_train=2, n_unlabelled=1, seed=0)
+    (train, test), = c.splits
+    ids = lambda cases: {x.case_id for x in cases}
+    unlabelled = ids(c.mtn_target) - ids(train)
+    assert len(train) == 2 and len(unlabelled) == 1 and len(test) == 2
+    assert not ids(train) & ids(test) and not unlabelled & ids(test)   # test images never trained on
+    assert ids(c.source) == {f"patient{i}_C0" for i in range(1, 5)}
+    assert mscmrseg_cohort(tiny_mscmrseg, 2, 1, seed=0).describe() == c.describe()
+    assert mscmrseg_cohort(tiny_mscmrseg, 2, 1, seed=1).describe() != c.describe()
+    # another folder of the same layout with a patient removed: nothing hard-coded per patient
+    fewer = tmp_path / "fewer"
+    shutil.copytree(tiny_mscmrseg, fewer)
+    for f in (fewer / "LGE").glob("patient3_*"):
+        f.unlink()
+    c2 = mscmrseg_cohort(fewer, 2, 1, seed=0)
+    assert "patient3_LGE" not in ids(c2.splits[0][0]) | ids(c2.splits[0][1]) | ids(c2.mtn_target)
+    assert len(c2.splits[0][1]) == 1
+    with pytest.raises(UserError, match="need at least"):
+        mscmrseg_cohort(fewer, 3, 1)
+
+
+def test_mscmrseg_experiment_pools_translates_and_tables(tiny_mscmrseg, tmp_path):
+    base = apply_overrides(get_preset("tiny"), ["data.labels=mscmrseg", "data.modality=mr",
+                                                "data.spacing=(6.0, 6.0, 8.0)"])
+    settings = [Setting("LGE only", ("scn.enabled=False",)),
+                Setting("LGE + raw bSSFP", ("scn.enabled=False",), raw=True),
+                Setting("LGE + MTN r=1.0", mtn=True, ratio=1.0)]
+    cohort = mscmrseg_cohort(tiny_mscmrseg, n_train=2, n_unlabelled=1, seed=0)
+    run = tmp_path / "mscmrseg_lge"
+    df = run_experiment("mscmrseg_lge", settings, base, run, cohort=cohort, note="no published row")
+    (train, test), = cohort.splits
+    assert set(df["case"]) == {c.case_id for c in test}
+    assert set(df["structure"]) == {"Myo", "LV", "RV", "WHS_mean", "WHS_generalised"}
+    split = lambda name: json.loads((run / "work/seg" / name / "s0_f0/split.json").read_text())
+    assert split("LGE only")["pooled"] == [] and split("LGE only")["generated"] == []
+    assert split("LGE + raw bSSFP")["pooled"] == [f"patient{i}_C0" for i in range(1, 5)]
+    assert len(split("LGE + MTN r=1.0")["generated"]) == 4                 # every translated C0
+    assert split("LGE + MTN r=1.0")["val"][0] in {c.case_id for c in train}  # validates on LGE
+    # the MTN learnt from the LGE training + unlabelled images only, never from test patients
+    mtn = json.loads(next((run / "work/mtn").glob("*/mtn.json")).read_text())
+    assert set(mtn["target"]) == {c.case_id for c in cohort.mtn_target}
+    assert not set(mtn["target"]) & {c.case_id for c in test}
+    manifest = pd.read_csv(next((run / "work/generated").glob("*/manifest.csv")))
+    assert len(manifest) == 4
+    table = (run / "table.md").read_text()
+    assert "| setting | LV Dice % | RV Dice % | Myo Dice % | LV HD mm | RV HD mm | Myo HD mm |" \
+        in table and "no published row" in table              # per-structure Dice and HD
+    summary = pd.read_csv(run / "summary.csv")
+    got = summary[(summary.setting == "LGE only") & (summary.structure == "LV")].iloc[0]
+    rows = df[(df.setting == "LGE only") & (df.structure == "LV")]
+    assert got["dice_mean"] == pytest.approx(rows["dice"].mean())
+
+
+def test_acdc_experiment_script_end_to_end(tiny_acdc, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "experiments/acdc.py"), "--data", str(tiny_acdc),
+                        "--preset", "tiny", "--n-test", "2", "--only", "MAUNet (SCN off)",
+                        "--set", "data.spacing=(6.0, 6.0, 10.0)", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "acdc" / "tiny"
+    per_case = pd.read_csv(run / "per_case.csv")
+    settings = json.loads((run / "settings.json").read_text())
+    test_ids = settings["cohort"]["splits"][0]["test"]
+    assert sorted(set(per_case["case"])) == sorted(test_ids) and len(test_ids) == 2
+    assert not set(test_ids) & set(settings["cohort"]["splits"][0]["train"])
+    assert set(per_case["structure"]) >= {"RV", "Myo", "LV"}
+    assert "Dangi" in (run / "table.md").read_text()
+    # an MTN setting on a single-modality set is a clear one-line error
+    with pytest.raises(UserError, match="source-domain"):
+        run_experiment("acdc", [Setting("x", mtn=True)], get_preset("tiny"), tmp_path / "x",
+                       cohort=acdc_cohort(tiny_acdc, n_test=2))
+
+
+def test_real_folders_list_every_patient_and_split_cleanly():
+    c = mscmrseg_cohort(need_shared("mscmrseg"))
+    (train, test), = c.splits
+    assert len(c.source) == 35 and len(train) == 5 and len(c.mtn_target) == 10 and len(test) == 15
+    a = acdc_cohort(need_shared("acdc"))
+    (train, test), = a.splits
+    assert len(test) == 20 and len(train) == 79
