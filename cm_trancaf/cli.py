@@ -30,9 +30,25 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str = "cpu") ->
                    help="override a config field, e.g. --set train.lr=2e-4 (repeatable)")
 
 
+def _add_scale_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"],
+                   help="tf.distribute: one device, all local GPUs, or workers from TF_CONFIG "
+                        "(= --set train.strategy=...)")
+    p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
+                   help="mixed precision policy (= --set train.precision=...)")
+    p.add_argument("--xla", action="store_true", help="XLA-compile each step (train.jit_compile)")
+
+
 def _config(args):
     from .config import apply_overrides, get_preset
-    return apply_overrides(get_preset(args.preset), args.overrides)
+    extra = []
+    if getattr(args, "strategy", None):
+        extra.append(f"train.strategy={args.strategy}")
+    if getattr(args, "precision", None):
+        extra.append(f"train.precision={args.precision}")
+    if getattr(args, "xla", False):
+        extra.append("train.jit_compile=True")
+    return apply_overrides(get_preset(args.preset), args.overrides + extra)
 
 
 def cmd_phantom(args) -> int:
@@ -155,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="all", choices=["all", "localizer", "maunet", "scn"])
     p.add_argument("--out", required=True, help="run folder (config.json, <stage>/ckpt, logs)")
     _add_config_args(p)
+    _add_scale_args(p)
     p.set_defaults(func=cmd_train_seg)
 
     p = sub.add_parser("train-mtn", help="train the MTN (3D CycleGAN, source -> target)")
@@ -164,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="LGE", help="MS-CMRSeg target sequence (default LGE)")
     p.add_argument("--out", required=True, help="run folder")
     _add_config_args(p)
+    _add_scale_args(p)
     p.set_defaults(func=cmd_train_mtn)
 
     p = sub.add_parser("translate", help="translate source volumes with G_c, labels carried over")

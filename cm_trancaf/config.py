@@ -116,6 +116,9 @@ class TrainConfig:
     seed: int = 0
     on_nonfinite: str = "stop"                 # NaN/Inf loss or gradient: stop | skip the step
     deterministic: bool = False                # TF op determinism: bitwise-identical resume
+    strategy: str = "default"                  # tf.distribute: default | mirrored | multiworker
+    precision: str = "float32"                 # float32 | mixed_float16 | mixed_bfloat16
+    jit_compile: bool = False                  # XLA for each step's forward + backward pass
 
 
 @dataclass(frozen=True)

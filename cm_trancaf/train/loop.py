@@ -42,18 +42,40 @@ class NonFiniteError(FloatingPointError):
     """A NaN/Inf loss or gradient: training stopped, weights and checkpoints left as they were."""
 
 
-def apply_if_finite(optimizer, loss, grads, variables):
+def apply_if_finite(optimizer, loss, grads, variables, apply_grads=None):
     """Apply the update only when the loss and every gradient are finite (inside ``tf.function``);
-    returns the flag ``nonfinite`` (1.0 when the step was not applied) for the loop to act on."""
+    returns the flag ``nonfinite`` (1.0 when the step was not applied) for the loop to act on.
+
+    Under a tf.distribute strategy the replicas first agree (all-reduce), then the condition is
+    taken in cross-replica context, as Keras' LossScaleOptimizer does: a ``tf.cond`` in replica
+    context may not contain the optimizer's gradient all-reduce. ``apply_grads``: gradients to
+    apply instead of ``grads`` (which are then only checked)."""
     finite = tf.math.is_finite(loss)
     for g in grads:
         if g is not None:
             finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+    to_apply = list(grads if apply_grads is None else apply_grads)
 
-    def apply():
-        optimizer.apply_gradients(zip(grads, variables))
-        return tf.constant(0.0)
-    return tf.cond(finite, apply, lambda: tf.constant(1.0))
+    def apply(to_apply):
+        optimizer.apply_gradients(zip(to_apply, variables))
+
+    ctx = tf.distribute.get_replica_context()
+    if not tf.distribute.has_strategy() or ctx is None:
+        def apply_one():
+            apply(to_apply)
+            return tf.constant(0.0)
+        return tf.cond(finite, apply_one, lambda: tf.constant(1.0))
+
+    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
+
+    def cross_replica(strategy, bad, to_apply):
+        ok = tf.equal(strategy.experimental_local_results(bad)[0], 0.0)   # the same on all
+
+        def apply_all():
+            strategy.extended.call_for_each_replica(apply, args=(to_apply,))
+            return tf.constant(0.0)
+        return tf.cond(ok, apply_all, lambda: tf.constant(1.0))
+    return ctx.merge_call(cross_replica, args=(bad, to_apply))
 
 
 def _readable(path: str) -> bool:

@@ -35,7 +35,8 @@ from ..losses import (adversarial_bce, adversarial_lsgan, cycle_l1, discriminato
                       identity_l1)
 from ..models.mtn import ImagePool, build_mtn
 from ..utils import UserError, atomic_path, atomic_write_text
-from .loop import Run, apply_if_finite, restore, train_loop
+from .loop import Run, restore, train_loop
+from .scale import distribute, get_strategy, make_optimizer, make_step, precision_policy, scatter
 
 __all__ = ["lr_at", "make_mtn_steps", "train_mtn", "translate_volume", "translate_folder"]
 
@@ -48,43 +49,41 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * max(0.0, 1.0 - (step - d) / (cfg.steps - d))
 
 
-def make_mtn_steps(nets: dict, opt_g, opt_d, cfg):
-    """The generator and discriminator ``tf.function`` steps (fixed shapes: traced once)."""
+def make_mtn_steps(nets: dict, opt_g, opt_d, cfg, strategy=None, jit_compile: bool = False):
+    """The generator and discriminator steps (``scale.make_step``: any tf.distribute strategy).
+
+    ``gen_step(m, c) -> (logs, {"fake_c", "fake_m"})`` with the fakes gathered over replicas;
+    ``disc_step(m, c, fake_c, fake_m) -> logs``."""
+    strategy = strategy or tf.distribute.get_strategy()
     g_vars = nets["G_c"].trainable_variables + nets["G_m"].trainable_variables
     d_vars = nets["D_c"].trainable_variables + nets["D_m"].trainable_variables
     adv = adversarial_lsgan if cfg.gan_loss == "lsgan" else adversarial_bce
     G_c, G_m, D_c, D_m = nets["G_c"], nets["G_m"], nets["D_c"], nets["D_m"]
 
-    @tf.function
-    def gen_step(m, c):
-        with tf.GradientTape() as tape:
-            fake_c, fake_m = G_c(m, training=True), G_m(c, training=True)          # 1
-            rec_m, rec_c = G_m(fake_c, training=True), G_c(fake_m, training=True)  # 2
-            same_c, same_m = G_c(c, training=True), G_m(m, training=True)          # 3
-            l_gan = adv(D_c(fake_c)) + adv(D_m(fake_m))
-            l_cyc = cycle_l1(m, rec_m) + cycle_l1(c, rec_c)
-            l_id = identity_l1(c, same_c) + identity_l1(m, same_m)
-            loss = l_gan + cfg.lam * l_cyc + cfg.identity_weight * l_id                 # 4
-        bad = apply_if_finite(opt_g, loss, tape.gradient(loss, g_vars), g_vars)       # 5
-        logs = {"loss/G": loss, "loss/gan": l_gan, "loss/cycle": l_cyc, "loss/identity": l_id,
-                "nonfinite": bad}
-        return logs, fake_c, fake_m
+    def gen_loss(m, c):
+        fake_c, fake_m = G_c(m, training=True), G_m(c, training=True)          # 1
+        rec_m, rec_c = G_m(fake_c, training=True), G_c(fake_m, training=True)  # 2
+        same_c, same_m = G_c(c, training=True), G_m(m, training=True)          # 3
+        l_gan = adv(D_c(fake_c)) + adv(D_m(fake_m))
+        l_cyc = cycle_l1(m, rec_m) + cycle_l1(c, rec_c)
+        l_id = identity_l1(c, same_c) + identity_l1(m, same_m)
+        loss = l_gan + cfg.lam * l_cyc + cfg.identity_weight * l_id                 # 4
+        logs = {"loss/G": loss, "loss/gan": l_gan, "loss/cycle": l_cyc, "loss/identity": l_id}
+        return loss, logs, {"fake_c": tf.cast(fake_c, tf.float32),                  # 5
+                            "fake_m": tf.cast(fake_m, tf.float32)}
 
-    @tf.function
-    def disc_step(m, c, fake_c, fake_m):
-        with tf.GradientTape() as tape:
-            l_dc = discriminator_loss(D_c(c, training=True), D_c(fake_c, training=True), cfg.gan_loss)
-            l_dm = discriminator_loss(D_m(m, training=True), D_m(fake_m, training=True), cfg.gan_loss)
-            loss = l_dc + l_dm                                                         # 7
-        bad = apply_if_finite(opt_d, loss, tape.gradient(loss, d_vars), d_vars)
-        return {"loss/D_c": l_dc, "loss/D_m": l_dm, "nonfinite": bad}
+    def disc_loss(m, c, fake_c, fake_m):
+        l_dc = discriminator_loss(D_c(c, training=True), D_c(fake_c, training=True), cfg.gan_loss)
+        l_dm = discriminator_loss(D_m(m, training=True), D_m(fake_m, training=True), cfg.gan_loss)
+        return l_dc + l_dm, {"loss/D_c": l_dc, "loss/D_m": l_dm}                    # 7
 
-    return gen_step, disc_step
+    return (make_step(strategy, gen_loss, g_vars, opt_g, jit_compile),
+            make_step(strategy, disc_loss, d_vars, opt_d, jit_compile))
 
 
-def _optimizers(cfg):
-    return (keras.optimizers.Adam(cfg.lr, beta_1=cfg.beta_1),
-            keras.optimizers.Adam(cfg.lr, beta_1=cfg.beta_1))
+def _optimizers(cfg, precision: str = "float32"):
+    return tuple(make_optimizer(keras.optimizers.Adam(cfg.lr, beta_1=cfg.beta_1), precision)
+                 for _ in range(2))
 
 
 def _prepare_all(cases: list[Case], cfg: ExperimentConfig, modality: str) -> list[Prepared]:
@@ -115,20 +114,24 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
         {"source_modality": src_mod, "target_modality": tgt_mod, "data_root": str(data_root),
          "source": [p.case_id for p in src], "target": [p.case_id for p in tgt]}, indent=2))
     keras.utils.set_random_seed(cfg.train.seed)
-    nets = build_mtn(m)
-    opt_g, opt_d = _optimizers(m)
-    opt_g.build(nets["G_c"].trainable_variables + nets["G_m"].trainable_variables)
-    opt_d.build(nets["D_c"].trainable_variables + nets["D_m"].trainable_variables)
-    gen_step, disc_step = make_mtn_steps(nets, opt_g, opt_d, m)
+    t = cfg.train
+    strategy = get_strategy(t.strategy)
+    with strategy.scope(), precision_policy(t.precision):
+        nets = build_mtn(m)
+        opt_g, opt_d = _optimizers(m, t.precision)
+        opt_g.build(nets["G_c"].trainable_variables + nets["G_m"].trainable_variables)
+        opt_d.build(nets["D_c"].trainable_variables + nets["D_m"].trainable_variables)
+    gen_step, disc_step = make_mtn_steps(nets, opt_g, opt_d, m, strategy, t.jit_compile)
     pool_c = ImagePool(m.pool_size, m.patch_size, cfg.train.seed)
     pool_m = ImagePool(m.pool_size, m.patch_size, cfg.train.seed + 1)
 
     def iteration(mr, ct):
-        logs, fake_c, fake_m = gen_step(mr, ct)
+        logs, fakes = gen_step(mr, ct)
         if float(logs["nonfinite"]):          # no update of G: do not feed its output to D
             return {**logs, "loss/D_c": float("nan"), "loss/D_m": float("nan")}
-        fc, fm = pool_c.query(fake_c.numpy()), pool_m.query(fake_m.numpy())         # 6
-        d_logs = disc_step(mr, ct, tf.constant(fc), tf.constant(fm))
+        fc = pool_c.query(fakes["fake_c"].numpy())                                   # 6
+        fm = pool_m.query(fakes["fake_m"].numpy())
+        d_logs = disc_step(mr, ct, scatter(strategy, fc), scatter(strategy, fm))
         return {**logs, **d_logs, "nonfinite": max(float(logs["nonfinite"]),
                                                     float(d_logs["nonfinite"]))}
 
@@ -136,7 +139,7 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
         a = patch_dataset([p.image for p in src], m.patch_size, m.batch_size, cfg.train.seed, start)
         b = patch_dataset([p.image for p in tgt], m.patch_size, m.batch_size, cfg.train.seed + 7,
                           start)
-        return tf.data.Dataset.zip((a, b))
+        return distribute(strategy, tf.data.Dataset.zip((a, b)))
 
     def schedule(step):
         lr = lr_at(step, m)

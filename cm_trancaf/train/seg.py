@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -28,7 +29,8 @@ from ..models.localizer import build_localizer, heatmap_peak
 from ..models.maunet import build_maunet
 from ..models.scn import build_scn
 from ..utils import UserError, atomic_write_text
-from .loop import Run, apply_if_finite, train_loop
+from .loop import Run, train_loop
+from .scale import distribute, get_strategy, make_optimizer, make_step, precision_policy
 
 __all__ = ["prepare_cases", "split_cases", "pick_generated", "train_localizer", "train_maunet",
            "train_scn", "train_segmentation", "locate", "segment_roi", "dice_per_class"]
@@ -91,6 +93,19 @@ def _adam(lr):
     return keras.optimizers.Adam(learning_rate=lr)
 
 
+def _build(cfg: ExperimentConfig, lr: float, build: Callable, extra: list | None = None):
+    """(strategy, model, optimizer) built under the strategy's scope and the precision policy of
+    ``cfg.train`` (every loop uses its strategy, precision and jit_compile); the optimizer
+    updates the model's weights and ``extra`` ones."""
+    t = cfg.train
+    strategy = get_strategy(t.strategy)
+    with strategy.scope(), precision_policy(t.precision):
+        model = build()
+        opt = make_optimizer(_adam(lr), t.precision)
+        opt.build(model.trainable_variables + list(extra or []))
+    return strategy, model, opt
+
+
 def _run(cfg_train, run_dir, objects, validate, metric, higher, desc, batch):
     return Run(Path(run_dir), cfg_train.steps, cfg_train.log_every, cfg_train.val_every,
                cfg_train.ckpt_every, batch, objects, validate, metric, higher, desc,
@@ -100,24 +115,20 @@ def _run(cfg_train, run_dir, objects, validate, metric, higher, desc, batch):
 def train_localizer(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepared],
                     run_dir: Path) -> dict:
     t, lc = cfg.train_localizer, cfg.localizer
-    model, opt = build_localizer(lc), _adam(t.lr)
-    opt.build(model.trainable_variables)
+    strategy, model, opt = _build(cfg, t.lr, lambda: build_localizer(lc))
 
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = 100.0 * heatmap_l2(y, model(x, training=True), peak_weight=50.0)
-        grads = tape.gradient(loss, model.trainable_variables)
-        return {"loss/heatmap": loss,
-                "nonfinite": apply_if_finite(opt, loss, grads, model.trainable_variables)}
+    def loss_fn(x, y):
+        loss = 100.0 * heatmap_l2(y, model(x, training=True), peak_weight=50.0)
+        return loss, {"loss/heatmap": loss}
 
     def validate():
         err = [np.linalg.norm((locate(model, c, cfg) - foreground_center(c.label))
                               * np.asarray(c.grid.spacing)[::-1]) for c in val or train]
         return {"val/center_error_mm": float(np.mean(err))}
 
-    batches = lambda start: localizer_dataset(train, lc.size, lc.spacing_mm, lc.sigma_mm,
-                                              cfg.augment, t.batch_size, t.seed, start)
+    step = make_step(strategy, loss_fn, model.trainable_variables, opt, cfg.train.jit_compile)
+    batches = lambda start: distribute(strategy, localizer_dataset(
+        train, lc.size, lc.spacing_mm, lc.sigma_mm, cfg.augment, t.batch_size, t.seed, start))
     run = _run(t, run_dir, {"model": model, "optimizer": opt}, validate, "val/center_error_mm",
                False, "localizer", t.batch_size)
     return train_loop(run, batches, step)
@@ -137,19 +148,16 @@ def _roi_dice(maunet, scn, cases: list[Prepared], cfg: ExperimentConfig, num_cla
 def train_maunet(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepared],
                  run_dir: Path, num_classes: int) -> dict:
     t = cfg.train
-    model, opt = build_maunet(cfg.maunet, num_classes, cfg.data.roi_size), _adam(t.lr)
-    opt.build(model.trainable_variables)
+    strategy, model, opt = _build(cfg, t.lr, lambda: build_maunet(cfg.maunet, num_classes,
+                                                                  cfg.data.roi_size))
 
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = dice_focal(y, model(x, training=True), t.lambda_focal, t.focal_gamma)
-        grads = tape.gradient(loss, model.trainable_variables)
-        return {"loss/dice_focal": loss,
-                "nonfinite": apply_if_finite(opt, loss, grads, model.trainable_variables)}
+    def loss_fn(x, y):
+        loss = dice_focal(y, model(x, training=True), t.lambda_focal, t.focal_gamma)
+        return loss, {"loss/dice_focal": loss}
 
-    batches = lambda start: roi_dataset(train, cfg.data.roi_size, num_classes, cfg.augment,
-                                        t.batch_size, t.seed, start)
+    step = make_step(strategy, loss_fn, model.trainable_variables, opt, t.jit_compile)
+    batches = lambda start: distribute(strategy, roi_dataset(
+        train, cfg.data.roi_size, num_classes, cfg.augment, t.batch_size, t.seed, start))
     run = _run(t, run_dir, {"model": model, "optimizer": opt},
                lambda: _roi_dice(model, None, val or train, cfg, num_classes), "val/dice", True,
                "maunet", t.batch_size)
@@ -158,25 +166,25 @@ def train_maunet(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepare
 
 def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Prepared],
               run_dir: Path, num_classes: int) -> dict:
-    """SCN on top of the MAUNet output; MAUNet frozen (default) or fine-tuned jointly."""
+    """SCN on top of the MAUNet output; MAUNet frozen (default) or fine-tuned jointly. ``maunet``
+    must have been built under the same strategy's scope (``train_segmentation`` does)."""
     t = cfg.train
-    scn, opt = build_scn(cfg.scn, num_classes, cfg.data.roi_size), _adam(t.lr)
     joint = not cfg.scn.freeze_maunet
+    strategy, scn, opt = _build(cfg, t.lr, lambda: build_scn(cfg.scn, num_classes,
+                                                             cfg.data.roi_size),
+                                maunet.trainable_variables if joint else None)
     variables = scn.trainable_variables + (maunet.trainable_variables if joint else [])
-    opt.build(variables)
 
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            probs = maunet(x, training=joint)
-            if not joint:
-                probs = tf.stop_gradient(probs)
-            loss = dice_focal(y, scn(probs, x, training=True), t.lambda_focal, t.focal_gamma)
-        grads = tape.gradient(loss, variables)
-        return {"loss/dice_focal": loss, "nonfinite": apply_if_finite(opt, loss, grads, variables)}
+    def loss_fn(x, y):
+        probs = maunet(x, training=joint)
+        if not joint:
+            probs = tf.stop_gradient(probs)
+        loss = dice_focal(y, scn(probs, x, training=True), t.lambda_focal, t.focal_gamma)
+        return loss, {"loss/dice_focal": loss}
 
-    batches = lambda start: roi_dataset(train, cfg.data.roi_size, num_classes, cfg.augment,
-                                        t.batch_size, t.seed + 1, start)
+    step = make_step(strategy, loss_fn, variables, opt, t.jit_compile)
+    batches = lambda start: distribute(strategy, roi_dataset(
+        train, cfg.data.roi_size, num_classes, cfg.augment, t.batch_size, t.seed + 1, start))
     objects = {"model": scn, "optimizer": opt}
     if joint:
         objects["maunet"] = maunet
@@ -234,7 +242,8 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
     if "maunet" in stages or ("scn" in stages and cfg.scn.enabled):
         if "maunet" in stages:
             out["maunet"] = train_maunet(cfg, train, val, run_dir / "maunet", k)
-        maunet = build_maunet(cfg.maunet, k, cfg.data.roi_size)
+        with get_strategy(cfg.train.strategy).scope():
+            maunet = build_maunet(cfg.maunet, k, cfg.data.roi_size)
         restore(run_dir / "maunet", "best", model=maunet)
         if "scn" in stages and cfg.scn.enabled:
             out["scn"] = train_scn(cfg, maunet, train, val, run_dir / "scn", k)
