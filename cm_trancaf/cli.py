@@ -116,7 +116,7 @@ def cmd_translate(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import predict_files
     files = predict_files(args.run, args.input, args.out, args.modality, args.overwrite,
-                          args.iso1mm, args.probs, args.profile)
+                          args.iso1mm, args.probs, args.profile, args.precision, args.xla)
     print(f"wrote {len(files)} label map(s) to {args.out}")
     return 0
 
@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probs", action="store_true", help="also write ROI class probabilities")
     p.add_argument("--overwrite", action="store_true", help="redo cases already written")
     p.add_argument("--profile", action="store_true", help="print per-stage timings")
+    p.add_argument("--precision", default="float32",
+                   choices=["float32", "mixed_float16", "mixed_bfloat16"],
+                   help="network compute precision (mixed_float16: GPU only)")
+    p.add_argument("--xla", action="store_true", help="XLA-compile the networks")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Dice / Jaccard / HD per case and structure")

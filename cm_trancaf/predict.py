@@ -37,13 +37,12 @@ class Cascade:
     scn: object | None
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "Cascade":
-        from .models.localizer import build_localizer
-        from .models.maunet import build_maunet
-        from .models.scn import build_scn
-        from .train.loop import restore
-        run_dir = Path(run_dir)
+    def load(cls, run_dir: str | Path, precision: str = "float32",
+             jit_compile: bool = False) -> "Cascade":
+        """The cascade of a ``train-seg`` run (or ``export`` folder). ``precision`` (float32 |
+        mixed_bfloat16 | mixed_float16, GPU) and ``jit_compile`` (XLA) speed up the networks."""
         from .export import is_export, load_exported
+        run_dir = Path(run_dir)
         if is_export(run_dir):             # a SavedModel from ``cm-trancaf export``
             cfg, split, localizer, segmenter = load_exported(run_dir)
             labelset = get_labelset(split["labels"], tuple(split["codes"]))
@@ -53,53 +52,102 @@ class Cascade:
         cfg = load_config(run_dir / "config.json")
         split = json.loads((run_dir / "split.json").read_text())
         labelset = get_labelset(split["labels"], tuple(split["codes"]))
-        k = labelset.num_classes
-        localizer = build_localizer(cfg.localizer)
-        restore(run_dir / "localizer", "best", model=localizer)
-        maunet = build_maunet(cfg.maunet, k, cfg.data.roi_size)
-        scn = None
-        if cfg.scn.enabled and (run_dir / "scn" / "ckpt").exists():
-            scn = build_scn(cfg.scn, k, cfg.data.roi_size)
-            if cfg.scn.freeze_maunet:
-                restore(run_dir / "maunet", "best", model=maunet)
-                restore(run_dir / "scn", "best", model=scn)
-            else:
-                restore(run_dir / "scn", "best", model=scn, maunet=maunet)
-        else:
-            restore(run_dir / "maunet", "best", model=maunet)
+        from .train.scale import precision_policy
+        with precision_policy(precision):
+            localizer, maunet, scn = _restore_networks(run_dir, cfg, labelset.num_classes)
+        if jit_compile:
+            import tensorflow as tf
+            localizer, maunet = (_jit(m, tf) for m in (localizer, maunet))
+            scn = _jit(scn, tf) if scn is not None else None
         return cls(cfg, labelset, localizer, maunet, scn)
 
-    def segment(self, prep: Prepared, center=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Working-grid class map, ROI probabilities (D, H, W, K) and the ROI start index."""
-        from .train.seg import locate, segment_roi
+    def segment(self, prep: Prepared, center=None,
+                profile: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Working-grid class map, ROI probabilities (D, H, W, K) and the ROI start index;
+        ``profile`` receives the seconds of localize, crop, maunet, scn, paste."""
+        from .train.seg import locate
+        clock = _Clock(profile)
         if center is None:
             center = locate(self.localizer, prep, self.cfg)
+        clock("localize")
         roi, start = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0)
-        probs = segment_roi(self.maunet, self.scn, roi)
+        x = roi[None, ..., None].astype(np.float32)
+        clock("crop")
+        probs = self.maunet(x, training=False)
+        np.asarray(probs)                                   # wait for the result
+        clock("maunet")
+        if self.scn is not None:
+            probs = self.scn(probs, x, training=False)
+        probs = np.asarray(probs, np.float32)[0]
+        clock("scn")
         classes = paste(np.argmax(probs, -1).astype(np.uint8), start, prep.image.shape, 0)
+        clock("paste")
         return classes, probs, start
 
     def predict_image(self, image: sitk.Image, modality: str | None = None,
                       profile: dict | None = None, with_probs: bool = False):
         """Label map in the data set's codes on ``image``'s exact grid; with ``with_probs`` also
-        the ROI probabilities as an image on the working grid."""
-        t = time.perf_counter()
+        the ROI probabilities as an image on the working grid. ``profile`` receives the seconds
+        of each stage (preprocess, localize, crop, maunet, scn, paste, paste_back)."""
+        clock = _Clock(profile)
         prep = prepare(image, None, self.cfg.data, modality or self.cfg.data.modality,
                        self.labelset.num_classes)
-        t1 = time.perf_counter()
-        classes, probs, start = self.segment(prep)
-        t2 = time.perf_counter()
+        clock("preprocess")
+        classes, probs, start = self.segment(prep, profile=profile)
+        clock.reset()
         out = to_source(classes, prep, self.labelset.num_classes)
         codes = sitk.GetImageFromArray(self.labelset.to_codes(sitk.GetArrayViewFromImage(out)))
         codes.CopyInformation(out)
-        if profile is not None:
-            profile.update(preprocess=t1 - t, network=t2 - t1, paste_back=time.perf_counter() - t2)
+        clock("paste_back")
         if not with_probs:
             return codes
         p = sitk.GetImageFromArray(probs.astype(np.float32), isVector=True)
         p.SetSpacing(prep.grid.spacing)
         p.SetOrigin(tuple(np.asarray(prep.grid.origin) + np.asarray(start)[::-1] * prep.grid.spacing))
         return codes, p
+
+
+class _Clock:
+    """``clock(name)`` adds the seconds since the last call to ``profile[name]`` (if a dict)."""
+
+    def __init__(self, profile: dict | None):
+        self.profile, self.t = profile, time.perf_counter()
+
+    def reset(self):
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.profile is not None:
+            self.profile[name] = self.profile.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+def _restore_networks(run_dir: Path, cfg: ExperimentConfig, k: int):
+    from .models.localizer import build_localizer
+    from .models.maunet import build_maunet
+    from .models.scn import build_scn
+    from .train.loop import restore
+    localizer = build_localizer(cfg.localizer)
+    restore(run_dir / "localizer", "best", model=localizer)
+    maunet = build_maunet(cfg.maunet, k, cfg.data.roi_size)
+    scn = None
+    if cfg.scn.enabled and (run_dir / "scn" / "ckpt").exists():
+        scn = build_scn(cfg.scn, k, cfg.data.roi_size)
+        if cfg.scn.freeze_maunet:
+            restore(run_dir / "maunet", "best", model=maunet)
+            restore(run_dir / "scn", "best", model=scn)
+        else:
+            restore(run_dir / "scn", "best", model=scn, maunet=maunet)
+    else:
+        restore(run_dir / "maunet", "best", model=maunet)
+    return localizer, maunet, scn
+
+
+def _jit(model, tf):
+    """An XLA-compiled inference call of ``model`` (same signature, ``training`` ignored)."""
+    fn = tf.function(lambda *xs: model(*xs, training=False), jit_compile=True)
+    return lambda *xs, training=False: fn(*xs)
 
 
 def case_id_of(path: Path) -> str:
@@ -130,25 +178,31 @@ def list_images(path: Path) -> list[Path]:
 
 def predict_files(run_dir: str | Path, inputs: str | Path, out_dir: str | Path,
                   modality: str | None = None, overwrite: bool = False, iso1mm: bool = False,
-                  probs: bool = False, profile: bool = False) -> list[Path]:
-    """Predict every input image; returns the written label files (skips finished cases)."""
-    cascade = Cascade.load(run_dir)
+                  probs: bool = False, profile: bool = False, precision: str = "float32",
+                  jit_compile: bool = False) -> list[Path]:
+    """Predict every input image; returns the written label files (skips finished cases).
+
+    I/O overlaps compute: the next image is read and the previous outputs are written in
+    background threads while the networks run (SimpleITK and TensorFlow release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+    cascade = Cascade.load(run_dir, precision, jit_compile)
     out_dir = Path(out_dir)
-    written = []
+    todo, written = [], []
     for path in list_images(Path(inputs)):
-        cid = case_id_of(path)
-        target = out_dir / f"{cid}_label.nii.gz"
+        target = out_dir / f"{case_id_of(path)}_label.nii.gz"
         if target.exists() and not overwrite:
-            print(f"{cid}: exists, skipped (use --overwrite)")
-            written.append(target)
-            continue
+            print(f"{case_id_of(path)}: exists, skipped (use --overwrite)")
+        else:
+            todo.append(path)
+        written.append(target)
+
+    def read(path):
         t0 = time.perf_counter()
-        image = read_image(path)
-        timing = {"read": time.perf_counter() - t0}
-        result = cascade.predict_image(image, modality, timing, with_probs=probs)
-        label, prob_img = result if probs else (result, None)
+        return read_image(path), time.perf_counter() - t0
+
+    def write(cid, label, prob_img, timing):
         t1 = time.perf_counter()
-        write_image(label, target)
+        write_image(label, out_dir / f"{cid}_label.nii.gz")
         if iso1mm:
             grid = working_grid(label, (1.0, 1.0, 1.0))
             iso = sitk.Resample(label, grid.reference(), sitk.Transform(),
@@ -159,6 +213,20 @@ def predict_files(run_dir: str | Path, inputs: str | Path, out_dir: str | Path,
         timing["write"] = time.perf_counter() - t1
         if profile:
             print(f"{cid}: " + ", ".join(f"{k} {v:.2f}s" for k, v in timing.items())
-                  + f", total {sum(timing.values()):.2f}s")
-        written.append(target)
+                  + f", total {sum(timing.values()):.2f}s", flush=True)
+
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        pending_read = reader.submit(read, todo[0]) if todo else None
+        pending_write = None
+        for i, path in enumerate(todo):
+            image, seconds = pending_read.result()             # a bad file raises here
+            pending_read = reader.submit(read, todo[i + 1]) if i + 1 < len(todo) else None
+            timing = {"read": seconds}
+            result = cascade.predict_image(image, modality, timing, with_probs=probs)
+            label, prob_img = result if probs else (result, None)
+            if pending_write is not None:
+                pending_write.result()                         # at most one case in flight
+            pending_write = writer.submit(write, case_id_of(path), label, prob_img, timing)
+        if pending_write is not None:
+            pending_write.result()
     return written
