@@ -99,3 +99,38 @@ def test_exported_savedmodel_predicts_the_same_labels(seg_run, tiny_phantom, tmp
     from cm_trancaf.utils import UserError
     with pytest.raises(UserError, match="already exists"):
         export_cascade(seg_run, out)
+
+
+def test_profile_stages_xla_and_bf16_prediction(seg_run, tiny_phantom, tmp_path, capsys):
+    a = predict_files(seg_run, tiny_phantom / "ct_test", tmp_path / "f32", profile=True)
+    out = capsys.readouterr().out
+    for stage in ("read", "preprocess", "localize", "crop", "maunet", "scn", "paste",
+                  "paste_back", "write", "total"):
+        assert f"{stage} " in out, (stage, out)
+    # the networks under XLA and bfloat16 against float32, on the same ROI (this cascade is
+    # barely trained: near-uniform probabilities, so labels would flip on rounding alone)
+    from cm_trancaf.data.io import read_image
+    from cm_trancaf.data.preprocess import foreground_center, prepare
+    cfg = get_preset("tiny")
+    image = read_image(tiny_phantom / "ct_test" / "ct_test_2001_image.nii.gz")
+    prep = prepare(image, None, cfg.data, "ct", 8)
+    center = np.asarray(prep.image.shape) // 2
+    ref = Cascade.load(seg_run).segment(prep, center)[1]
+    for kw, tol in (({"jit_compile": True}, 1e-4), ({"precision": "mixed_bfloat16"}, 0.05)):
+        probs = Cascade.load(seg_run, **kw).segment(prep, center)[1]
+        assert probs.dtype == np.float32 and np.abs(probs - ref).max() < tol, kw
+
+
+def test_folder_prediction_overlapping_io_stops_at_a_bad_file(seg_run, tiny_phantom, tmp_path):
+    import shutil
+    from cm_trancaf.utils import UserError
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(tiny_phantom / "ct_test" / "ct_test_2001_image.nii.gz", folder / "a_image.nii.gz")
+    (folder / "b_image.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    shutil.copy(tiny_phantom / "ct_test" / "ct_test_2002_image.nii.gz", folder / "c_image.nii.gz")
+    with pytest.raises(UserError, match="b_image"):
+        predict_files(seg_run, folder, tmp_path / "out")
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["a_label.nii.gz"]                  # the case before is complete, no temp
+    sitk.ReadImage(str(tmp_path / "out" / "a_label.nii.gz"))
