@@ -110,7 +110,7 @@ def test_profile_stages_xla_and_bf16_prediction(seg_run, tiny_phantom, tmp_path,
     # the networks under XLA and bfloat16 against float32, on the same ROI (this cascade is
     # barely trained: near-uniform probabilities, so labels would flip on rounding alone)
     from cm_trancaf.data.io import read_image
-    from cm_trancaf.data.preprocess import foreground_center, prepare
+    from cm_trancaf.data.preprocess import prepare
     cfg = get_preset("tiny")
     image = read_image(tiny_phantom / "ct_test" / "ct_test_2001_image.nii.gz")
     prep = prepare(image, None, cfg.data, "ct", 8)
