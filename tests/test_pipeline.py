@@ -3,7 +3,8 @@ import numpy as np
 
 from cm_trancaf.config import AugmentConfig, DataConfig
 from cm_trancaf.data.datasets import LABEL_SETS, load_case, mmwhs_cases
-from cm_trancaf.data.pipeline import (augment_matrix, localizer_dataset, roi_dataset, sample_roi)
+from cm_trancaf.data.pipeline import (augment_matrix, localizer_dataset, patch_dataset, roi_dataset,
+                                      sample_roi)
 from cm_trancaf.data.preprocess import prepare
 
 AUG = AugmentConfig(scale=0.2, rotate_deg=20, translate_mm=10, flip_prob=0.5)
@@ -66,3 +67,20 @@ def test_localizer_batches_peak_at_the_heart(tiny_phantom):
                                           AugmentConfig(rotate_deg=0, scale=0), 2, seed=0)))
     assert img.shape == hm.shape == (2, 16, 16, 16, 1)
     assert float(hm.numpy().max()) > 0.5
+
+
+def test_foreground_patches_land_inside_the_body():
+    """MTN patches: with ``foreground=1`` every patch holds body voxels, even when the body is a
+    small part of the volume; uniform centres mostly see air. Same seed, same patches."""
+    vol = np.full((64, 64, 64), -1.0, np.float32)
+    vol[40:48, 8:16, 30:38] = 0.5                                   # 0.2 % of the volume
+    def share_with_body(fg, seed=0):
+        batches = patch_dataset([vol], (16, 16, 16), 4, seed, foreground=fg).take(10)
+        x = np.concatenate([b.numpy() for b in batches])
+        assert x.shape == (40, 16, 16, 16, 1)
+        return np.mean([(p > -0.8).any() for p in x])
+    assert share_with_body(1.0) == 1.0
+    assert share_with_body(0.0) < 0.5
+    a = next(iter(patch_dataset([vol], (16, 16, 16), 4, 5, foreground=0.5)))
+    b = next(iter(patch_dataset([vol], (16, 16, 16), 4, 5, foreground=0.5)))
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -92,15 +92,21 @@ def roi_dataset(cases: list[Prepared], roi_size, num_classes: int, aug: AugmentC
 
 
 def patch_dataset(images: list[np.ndarray], patch_size, batch_size: int, seed: int,
-                  start: int = 0, fill: float = -1.0) -> tf.data.Dataset:
+                  start: int = 0, fill: float = -1.0, foreground: float = 0.0,
+                  threshold: float = -0.8) -> tf.data.Dataset:
     """Random unaligned 3D patches ``(B, d, h, w, 1)`` of whole volumes (MTN: unpaired training),
-    centres drawn uniformly over each volume, random flips; seeded by sample index."""
+    random flips; seeded by sample index. With probability ``foreground`` a patch is centred on a
+    voxel above ``threshold`` (inside the body, not air), else anywhere in the volume."""
     size = tuple(int(s) for s in patch_size)
+    inside = [np.argwhere(img > threshold) if foreground > 0 else None for img in images]
 
     def draw(i):
         rng = np.random.default_rng([seed, int(i)])
-        img = images[int(rng.integers(len(images)))]
+        k = int(rng.integers(len(images)))
+        img = images[k]
         center = rng.uniform(0, 1, 3) * (np.asarray(img.shape) - 1)
+        if rng.random() < foreground and len(inside[k]):
+            center = inside[k][int(rng.integers(len(inside[k])))].astype(float)
         patch, _ = sample_roi(img, None, center, size, fill=fill)
         for ax in range(3):
             if rng.random() < 0.5:

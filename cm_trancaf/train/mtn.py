@@ -136,9 +136,10 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
                                                     float(d_logs["nonfinite"]))}
 
     def batches(start):
-        a = patch_dataset([p.image for p in src], m.patch_size, m.batch_size, cfg.train.seed, start)
+        a = patch_dataset([p.image for p in src], m.patch_size, m.batch_size, cfg.train.seed, start,
+                          foreground=m.foreground)
         b = patch_dataset([p.image for p in tgt], m.patch_size, m.batch_size, cfg.train.seed + 7,
-                          start)
+                          start, foreground=m.foreground)
         return distribute(strategy, tf.data.Dataset.zip((a, b)))
 
     def schedule(step):
