@@ -4,11 +4,12 @@ Each held-out anatomy is rendered as MRI and as CT on one grid, so a ground-trut
 every MRI. Both are preprocessed like training data (working grid, normalised to [-1, 1]);
 G_c(MRI) is compared with the CT inside the body by mean absolute error (in HU) and SSIM
 (Gaussian window, sigma 1.5 voxels), against the trivial baseline "the normalised MRI itself"
-and, as a reference that G_c cannot reach without paired data, the best context-free intensity
-mapping fitted on these very pairs.
+and, as a reference that needs the paired ground truth (which G_c never sees), the best
+context-free intensity mapping fitted on these very pairs.
 
     python benchmarks/mtn_quality.py --run demo_out/runs/mtn --out results/mtn_quality
-    python benchmarks/mtn_quality.py --train --data demo_out/phantom --out results/mtn_quality
+    python benchmarks/mtn_quality.py --train --data demo_out/phantom --out results/mtn_quality \
+        --set mtn.steps=3000                 # the README's row: about 15 minutes on 2 cores
 
 Writes ``mtn_quality.csv`` (one row per case and method), prints a table, saves ``mtn_quality.png``.
 """

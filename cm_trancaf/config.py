@@ -69,7 +69,8 @@ class CycleGANConfig:
     batch_size: int = 1
     steps: int = 40000
     ratio: float = 0.5                         # r: share of generated cases used (SPEC: 0.5 best)
-    foreground: float = 0.0                    # share of patches centred inside the body (not air)
+    foreground: float = 0.9                    # share of patches centred inside the body, not air
+                                               # (paper silent; 0: uniform centres; README table)
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,10 @@ def seg_run(tiny_phantom, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def mtn_run(tiny_phantom, tmp_path_factory) -> Path:
-    """A trained tiny MTN: a ``train-mtn`` run folder (25 steps, a cycle loss that falls)."""
+    """A trained tiny MTN: a ``train-mtn`` run folder (40 steps, a cycle loss that falls)."""
     from cm_trancaf.config import apply_overrides, get_preset
     from cm_trancaf.train.mtn import train_mtn
     run = tmp_path_factory.mktemp("mtn")
-    cfg = apply_overrides(get_preset("tiny"), ["mtn.steps=25", "train.log_every=1", "mtn.lr=0.002"])
+    cfg = apply_overrides(get_preset("tiny"), ["mtn.steps=40", "train.log_every=1", "mtn.lr=0.002"])
     train_mtn(cfg, tiny_phantom, run)
     return run
