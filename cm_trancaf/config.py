@@ -56,6 +56,7 @@ class CycleGANConfig:
     gen_filters: int = 32                      # first-level width of G_c / G_m
     gen_downsamplings: int = 2
     gen_res_blocks: int = 6                    # residual blocks at the bottleneck
+    gen_upsample: str = "transpose"            # transpose (CycleGAN) | resize (nearest + conv)
     disc_filters: int = 32
     disc_layers: int = 3                       # PatchGAN strided convolutions
     patch_size: tuple[int, int, int] = (64, 64, 64)

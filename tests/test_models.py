@@ -105,6 +105,22 @@ def test_mtn_shapes_and_ranges():
         build_mtn(dataclasses.replace(CFG.mtn, patch_size=(15, 16, 16)))
 
 
+def test_mtn_resize_upsampling_has_no_checkerboard():
+    """``gen_upsample=resize`` (nearest x2 + conv): same shapes and range as the transposed conv.
+    On a constant feature map its up-layer gives a constant interior, where the stride-2
+    transposed conv leaves its period-2 (checkerboard) pattern."""
+    x = np.full((1, 16, 16, 16, 1), 0.3, np.float32)
+    for mode, flat in (("resize", True), ("transpose", False)):
+        g = build_mtn(dataclasses.replace(CFG.mtn, gen_upsample=mode))["G_c"]
+        y = np.asarray(g(x))
+        assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+        feats = np.ones((1, 4, 4, 4, g.res[0].filters), np.float32)    # bottleneck width
+        up = np.asarray(g.up[0](feats))[0, 2:6, 2:6, 2:6]
+        assert (np.ptp(up, axis=(0, 1, 2)).max() < 1e-5) == flat, mode
+    with pytest.raises(ValueError, match="gen_upsample"):
+        build_mtn(dataclasses.replace(CFG.mtn, gen_upsample="bilinear"))
+
+
 def test_image_pool_returns_past_fakes_and_round_trips_its_state():
     pool = ImagePool(3, (2, 2, 2), seed=0)
     fake = lambda i: np.full((1, 2, 2, 2, 1), float(i), np.float32)

@@ -3,7 +3,7 @@
     G_c: MRI -> CT      G_m: CT -> MRI      (same architecture, ResNet generator in 3D)
         c7s1-F -- d(2F) -- d(4F) -- R(4F) x n -- u(2F) -- u(F) -- c7s1-1 -- tanh
         c7s1-F: 7x7x7 conv + InstanceNorm + ReLU; d: 3x3x3 stride-2 conv; R: residual block;
-        u: 3x3x3 stride-2 transposed conv; output in the normalised intensity range [-1, 1]
+        u: 3x3x3 stride-2 transposed conv (or x2 nearest upsampling + conv); output in the normalised intensity range [-1, 1]
     D_c, D_m: 3D PatchGAN
         C(F, 4, s2) -- LeakyReLU -- [C(2^i F, 4, s2) -- IN -- LeakyReLU] x (L-1)
         -- C(2^L F, 4, s1) -- IN -- LeakyReLU -- C(1, 4, s1)  -> real/fake map (logits)
@@ -32,8 +32,14 @@ class Generator(keras.Model):
         self.down = [ConvNormAct(f * 2 ** (i + 1), 3, strides=2, activation="relu")
                      for i in range(d)]
         self.res = [ResidualBlock(f * 2 ** d) for _ in range(cfg.gen_res_blocks)]
-        self.up = [layers.Conv3DTranspose(f * 2 ** i, 3, strides=2, padding="same", use_bias=False)
-                   for i in reversed(range(d))]
+        if cfg.gen_upsample == "transpose":
+            self.up = [layers.Conv3DTranspose(f * 2 ** i, 3, strides=2, padding="same",
+                                              use_bias=False) for i in reversed(range(d))]
+        elif cfg.gen_upsample == "resize":      # nearest x2 then conv: no checkerboard (Odena 2016)
+            self.up = [keras.Sequential([layers.UpSampling3D(2), layers.Conv3D(
+                f * 2 ** i, 3, padding="same", use_bias=False)]) for i in reversed(range(d))]
+        else:
+            raise ValueError(f"mtn.gen_upsample must be transpose|resize, got {cfg.gen_upsample!r}")
         self.up_norm = [instance_norm() for _ in range(d)]
         self.out = layers.Conv3D(1, 7, padding="same", activation="tanh", dtype="float32")
 
