@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     if args.train:
         train_mtn(apply_overrides(get_preset(args.preset), args.overrides), args.data, run)
     cfg, meta, g_c = load_generator(run)
-    pairs, shown = [], None
+    pairs = []
     for i in range(args.cases):
         rng = np.random.default_rng([12345, i])                  # anatomies never used in training
         anat = phantom.random_anatomy(rng)
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
             rows.append({"case": i, "method": name,
                          "mae_hu": float(np.abs(pred - ct)[body].mean() * hu),
                          "ssim": ssim(pred, ct, body)})
-    shown = pairs[0][:3]
+    shown = pairs[0][:3]                                           # MRI, G_c(MRI), CT
     df = pd.DataFrame(rows)
     df.to_csv(out / "mtn_quality.csv", index=False)
     table = df.groupby("method")[["mae_hu", "ssim"]].agg(["mean", "std"])

@@ -96,7 +96,7 @@ def patch_dataset(images: list[np.ndarray], patch_size, batch_size: int, seed: i
                   threshold: float = -0.8) -> tf.data.Dataset:
     """Random unaligned 3D patches ``(B, d, h, w, 1)`` of whole volumes (MTN: unpaired training),
     random flips; seeded by sample index. With probability ``foreground`` a patch is centred on a
-    voxel above ``threshold`` (inside the body, not air), else anywhere in the volume."""
+    voxel above ``threshold`` (body tissue, not air or lung), else anywhere in the volume."""
     size = tuple(int(s) for s in patch_size)
     inside = [np.argwhere(img > threshold) if foreground > 0 else None for img in images]
 

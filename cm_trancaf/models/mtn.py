@@ -3,7 +3,8 @@
     G_c: MRI -> CT      G_m: CT -> MRI      (same architecture, ResNet generator in 3D)
         c7s1-F -- d(2F) -- d(4F) -- R(4F) x n -- u(2F) -- u(F) -- c7s1-1 -- tanh
         c7s1-F: 7x7x7 conv + InstanceNorm + ReLU; d: 3x3x3 stride-2 conv; R: residual block;
-        u: 3x3x3 stride-2 transposed conv (or x2 nearest upsampling + conv); output in the normalised intensity range [-1, 1]
+        u: 3x3x3 stride-2 transposed conv (``gen_upsample=resize``: x2 nearest + 3x3x3 conv);
+        output in the normalised intensity range [-1, 1]
     D_c, D_m: 3D PatchGAN
         C(F, 4, s2) -- LeakyReLU -- [C(2^i F, 4, s2) -- IN -- LeakyReLU] x (L-1)
         -- C(2^L F, 4, s1) -- IN -- LeakyReLU -- C(1, 4, s1)  -> real/fake map (logits)
