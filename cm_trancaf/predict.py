@@ -65,21 +65,14 @@ class Cascade:
                 profile: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Working-grid class map, ROI probabilities (D, H, W, K) and the ROI start index;
         ``profile`` receives the seconds of localize, crop, maunet, scn, paste."""
-        from .train.seg import locate
+        from .train.seg import locate, segment_roi
         clock = _Clock(profile)
         if center is None:
             center = locate(self.localizer, prep, self.cfg)
         clock("localize")
         roi, start = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0)
-        x = roi[None, ..., None].astype(np.float32)
         clock("crop")
-        probs = self.maunet(x, training=False)
-        np.asarray(probs)                                   # wait for the result
-        clock("maunet")
-        if self.scn is not None:
-            probs = self.scn(probs, x, training=False)
-        probs = np.asarray(probs, np.float32)[0]
-        clock("scn")
+        probs = segment_roi(self.maunet, self.scn, roi, clock)
         classes = paste(np.argmax(probs, -1).astype(np.uint8), start, prep.image.shape, 0)
         clock("paste")
         return classes, probs, start

@@ -80,13 +80,20 @@ def locate(localizer, case: Prepared, cfg: ExperimentConfig) -> np.ndarray:
     return ctr + m @ (heatmap_peak(hm) - np.asarray(size) // 2)
 
 
-def segment_roi(maunet, scn, roi: np.ndarray) -> np.ndarray:
-    """Class probabilities (D, H, W, K) of an ROI image (D, H, W): MAUNet, then SCN if given."""
+def segment_roi(maunet, scn, roi: np.ndarray, clock: Callable | None = None) -> np.ndarray:
+    """Class probabilities (D, H, W, K) of an ROI image (D, H, W): MAUNet, then SCN if given.
+    ``clock(name)``, if given, is called after "maunet" and "scn" (``predict --profile``)."""
     x = roi[None, ..., None].astype(np.float32)
     probs = maunet(x, training=False)
+    if clock is not None:
+        np.asarray(probs)                                   # wait for the result
+        clock("maunet")
     if scn is not None:
         probs = scn(probs, x, training=False)
-    return np.asarray(probs)[0]
+    probs = np.asarray(probs, np.float32)[0]
+    if clock is not None:
+        clock("scn")
+    return probs
 
 
 def _adam(lr):
