@@ -18,14 +18,15 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .utils import UserError
+from .utils import UserError, import_tensorflow_quietly
 
 __all__ = ["main", "build_parser", "run_guarded"]
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str = "cpu") -> None:
     p.add_argument("--preset", default=default_preset,
-                   help=f"config preset (paper, cpu, tiny, ablations; default {default_preset})")
+                   help=f"config preset (paper, cpu, cmr, cmr_cpu, demo, tiny, ablations; "
+                        f"default {default_preset})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=2e-4 (repeatable)")
 
@@ -39,6 +40,12 @@ def _add_scale_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--xla", action="store_true", help="XLA-compile each step (train.jit_compile)")
 
 
+# Data layouts whose label set and modality are known: `--layout acdc` needs no
+# `--set data.labels=acdc` (an explicit --set still wins: it is applied after these).
+LAYOUT_DEFAULTS = {"acdc": ["data.labels=acdc", "data.modality=mr"],
+                   "mscmrseg": ["data.labels=mscmrseg", "data.modality=mr"]}
+
+
 def _config(args):
     from .config import apply_overrides, get_preset
     extra = []
@@ -48,7 +55,8 @@ def _config(args):
         extra.append(f"train.precision={args.precision}")
     if getattr(args, "xla", False):
         extra.append("train.jit_compile=True")
-    return apply_overrides(get_preset(args.preset), args.overrides + extra)
+    implied = LAYOUT_DEFAULTS.get(getattr(args, "layout", None), [])
+    return apply_overrides(get_preset(args.preset), implied + args.overrides + extra)
 
 
 def cmd_phantom(args) -> int:
@@ -83,8 +91,9 @@ def cmd_train_seg(args) -> int:
     kw = {}
     if args.layout == "mscmrseg":
         kw["sequence"] = args.sequence
+    val_ids = [v.strip() for v in args.val_cases.split(",") if v.strip()] if args.val_cases else None
     out = train_segmentation(cfg, args.data, args.out, args.layout, stages, args.generated,
-                             _codes(args), **kw)
+                             _codes(args), val_ids=val_ids, **kw)
     for stage, summary in out.items():
         print(f"{stage}: {summary['best']}  ({summary['seconds']} s)")
     return 0
@@ -131,7 +140,8 @@ def cmd_evaluate(args) -> int:
     from .data.datasets import get_labelset
     from .metrics import evaluate_folders
     from .reporting import format_summary
-    labelset = get_labelset(args.labels, _codes(args))
+    labels = args.labels or {"acdc": "acdc", "mscmrseg": "mscmrseg"}.get(args.layout, "mmwhs")
+    labelset = get_labelset(labels, _codes(args))
     _, summary = evaluate_folders(args.pred, args.gt, labelset, args.out, args.iso1mm)
     print(format_summary(summary))
     return 0
@@ -140,6 +150,8 @@ def cmd_evaluate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cm-trancaf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"cm-trancaf {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's start-up log lines (hidden by default)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("phantom", help="build the phantom data set (MM-WHS layout)")
@@ -157,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole cascade on the phantom at CPU scale")
     p.add_argument("--out", default="demo_out", help="working folder (default demo_out)")
-    p.add_argument("--preset", default="cpu")
+    p.add_argument("--preset", default="demo")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
@@ -168,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequence", default="C0", help="MS-CMRSeg sequence (C0, LGE, T2)")
     p.add_argument("--codes", help="label codes for --set data.labels=generic, e.g. 1,2,3")
     p.add_argument("--generated", metavar="DIR", help="synthetic CT from `translate` (ratio mtn.ratio)")
+    p.add_argument("--val-cases", metavar="ID,ID", help="case ids held out for validation "
+                   "(checkpoint selection); default: train.val_fraction (0: every case trains)")
     p.add_argument("--stage", default="all", choices=["all", "localizer", "maunet", "scn"])
     p.add_argument("--out", required=True, help="run folder (config.json, <stage>/ckpt, logs)")
     _add_config_args(p)
@@ -207,9 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Dice / Jaccard / HD per case and structure")
-    p.add_argument("--pred", required=True, help="folder of predicted *_label files")
-    p.add_argument("--gt", required=True, help="folder of ground-truth *_label files")
-    p.add_argument("--labels", default="mmwhs", help="label set: mmwhs, mscmrseg, acdc, generic")
+    p.add_argument("--pred", required=True, help="folder of predicted label maps")
+    p.add_argument("--gt", required=True, help="folder of ground-truth label maps (e.g. ACDC masks/)")
+    p.add_argument("--labels", help="label set: mmwhs, mscmrseg, acdc, generic (default: the "
+                   "--layout's, else mmwhs)")
+    p.add_argument("--layout", choices=["mmwhs", "mscmrseg", "acdc", "generic"],
+                   help="data set of --gt: picks the label set (files pair by case id whatever "
+                        "their label suffix: _label, _mask, _manual, or the same name)")
     p.add_argument("--codes", help="codes for --labels generic, e.g. 1,2,3")
     p.add_argument("--out", help="per-case CSV (a _summary.csv is written beside it)")
     p.add_argument("--iso1mm", action="store_true", help="evaluate at 1 mm (MM-WHS challenge)")
@@ -250,6 +268,8 @@ def run_guarded(command: str, fn) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "evaluate":                 # the one command that needs no TensorFlow
+        import_tensorflow_quietly(args.verbose)
     return run_guarded(args.command, lambda: args.func(args))
 
 

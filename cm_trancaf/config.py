@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = [
     "DataConfig", "AugmentConfig", "CycleGANConfig", "MAUNetConfig", "SCNConfig",
-    "LocalizerConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "get_preset",
+    "LocalizerConfig", "InferenceConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "get_preset",
     "apply_overrides", "save_config", "load_config", "ConfigError",
 ]
 
@@ -95,6 +95,7 @@ class SCNConfig:
     spatial_convs: int = 3
     use_image: bool = False                    # also feed the image to the local branch
     freeze_maunet: bool = True                 # False: joint fine-tuning
+    steps: int = 0                             # training steps of the SCN (0: train.steps)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,22 @@ class LocalizerConfig:
     spacing_mm: float = 10.0                   # Payer: 10 mm CT (12 mm MRI)
     filters: int = 16
     sigma_mm: float = 20.0                     # target heatmap width
+    # loss = loss_scale * mean((1 + peak_weight * target) * (pred - target)^2): plain MSE on a
+    # sparse heatmap learns an empty map (README "Choices")
+    loss_scale: float = 100.0
+    peak_weight: float = 50.0
+    center_jitter_mm: float = 30.0             # training views centred up to +-this off the volume centre
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Whole-volume prediction (``predict``, and the evaluation of every experiment)."""
+    # probs: each class's ROI probability resampled linearly onto the input grid, then argmax
+    # (nnU-Net); nearest: the working-grid argmax resampled by nearest neighbour (before #15)
+    paste_back: str = "probs"
+    # re-centre the ROI on the first pass's segmentation and segment again, this many times
+    # (covers the localizer's error; paper silent: Payer crops once around the localizer's peak)
+    refine_passes: int = 1
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,12 @@ class TrainConfig:
     lr: float = 1e-5                           # SPEC: Adam 1e-5
     batch_size: int = 8                        # SPEC: 8
     steps: int = 40000                         # SPEC: 40,000 iterations
+    lr_schedule: str = "constant"              # constant (paper) | cosine (to lr_final * lr)
+    lr_final: float = 0.01                     # cosine: final lr as a fraction of lr
+    # share of the labelled training cases held out for validation (checkpoint selection); the
+    # paper trains on all of them (0: the last checkpoint is used). ``train-seg --val-cases``
+    # names them instead.
+    val_fraction: float = 0.0
     lambda_focal: float = 0.1                  # lambda_f of L = L_Dice + lambda_f * L_Focal
     focal_gamma: float = 2.0
     val_every: int = 1000
@@ -133,6 +156,7 @@ class ExperimentConfig:
     maunet: MAUNetConfig = field(default_factory=MAUNetConfig)
     scn: SCNConfig = field(default_factory=SCNConfig)
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
+    infer: InferenceConfig = field(default_factory=InferenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)          # MAUNet and SCN
     train_localizer: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
 
@@ -149,9 +173,9 @@ def _preset(base: ExperimentConfig, name: str, **sections: dict) -> ExperimentCo
 
 PRESETS: dict[str, ExperimentConfig] = {}
 PRESETS["paper"] = _preset(BASE, "paper", augment={"flip_prob": 0.5})
-# Minutes on a 2-core CPU: 4 mm working grid, 48^3 ROI, narrow nets, a few hundred steps.
-PRESETS["cpu"] = _preset(
-    BASE, "cpu",
+# `make demo` on the phantom: minutes on 2 CPU cores (4 mm grid, 48^3 ROI, narrow nets).
+PRESETS["demo"] = _preset(
+    BASE, "demo",
     data={"spacing": (4.0, 4.0, 4.0), "roi_size": (48, 48, 48), "enhance_sigma_mm": 4.0},
     mtn={"gen_filters": 8, "gen_res_blocks": 2, "disc_filters": 8, "patch_size": (32, 32, 32),
          "steps": 300, "pool_size": 10},
@@ -163,9 +187,21 @@ PRESETS["cpu"] = _preset(
     train_localizer={"lr": 2e-3, "batch_size": 4, "steps": 200, "val_every": 100,
                      "ckpt_every": 100, "log_every": 20},
 )
+# Real CT on 2 CPU cores (MM-WHS; about 25 minutes for the whole cascade): the paper's 3 mm grid
+# and 64^3 ROI, 16-filter MAUNet, cosine-decayed lr; every labelled case trains.
+PRESETS["cpu"] = _preset(
+    PRESETS["demo"], "cpu",
+    data={"spacing": (3.0, 3.0, 3.0), "roi_size": (64, 64, 64), "enhance_sigma_mm": 3.0},
+    maunet={"base_filters": 16},
+    scn={"steps": 300},
+    train={"lr": 2e-3, "lr_schedule": "cosine", "batch_size": 2, "steps": 900,
+           "val_every": 300, "ckpt_every": 100, "log_every": 20},
+    train_localizer={"lr": 2e-3, "lr_schedule": "cosine", "batch_size": 4, "steps": 300,
+                     "val_every": 100, "ckpt_every": 100, "log_every": 20},
+)
 # Seconds: for the test suite.
 PRESETS["tiny"] = _preset(
-    PRESETS["cpu"], "tiny",
+    PRESETS["demo"], "tiny",
     data={"spacing": (6.0, 6.0, 6.0), "roi_size": (32, 32, 32), "enhance_sigma_mm": 6.0},
     mtn={"gen_filters": 4, "gen_res_blocks": 1, "disc_filters": 4, "disc_layers": 2,
          "patch_size": (16, 16, 16), "steps": 4, "pool_size": 4},
@@ -189,7 +225,7 @@ PRESETS["cmr"] = _preset(
 )
 # About 5 minutes a setting on 2 CPU cores: 2.5 x 2.5 x 6 mm grid, 16 x 48 x 48 ROI (96 x 120 x 120 mm).
 PRESETS["cmr_cpu"] = _preset(
-    PRESETS["cpu"], "cmr_cpu",
+    PRESETS["demo"], "cmr_cpu",
     data={"modality": "mr", "spacing": (2.5, 2.5, 6.0), "roi_size": (16, 48, 48),
           "enhance_sigma_mm": 2.5},
     augment={"rotate_deg": 10.0},

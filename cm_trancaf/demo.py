@@ -17,7 +17,7 @@ from .data import phantom
 __all__ = ["run_demo"]
 
 
-def run_demo(out: Path, preset: str = "cpu", seed: int = 0, overrides=None,
+def run_demo(out: Path, preset: str = "demo", seed: int = 0, overrides=None,
              with_mtn: bool = True) -> dict:
     from .data.datasets import LABEL_SETS
     from .metrics import evaluate_folders

@@ -9,6 +9,7 @@ by the settings that use the same MTN config.
       config.json       base config (preset + --set), as every run folder
       settings.json     the settings, seeds, folds and data of this experiment
       per_case.csv      setting, seed, fold, case, structure, dice, jaccard, hd_mm, hd95_mm, ...
+      centers.csv       setting, seed, fold, case, localizer and final ROI centre errors (mm), passes
       summary.csv       per setting and structure: mean and std over test cases x seeds
       table.md          the paper-shaped table (Dice %, Jaccard %, HD mm), published numbers beside
       work/             phantom, mtn/, generated/, seg/, pred/  (re-running skips finished parts)
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .config import apply_overrides, get_preset, save_config
-from .utils import UserError, atomic_path, atomic_write_text
+from .utils import UserError, atomic_path, atomic_write_text, import_tensorflow_quietly
 
 __all__ = ["Setting", "Cohort", "kfold_splits", "mmwhs_cohort", "mscmrseg_cohort", "acdc_cohort",
            "run_experiment", "summarize_experiment", "markdown_table", "main"]
@@ -47,6 +48,9 @@ class Setting:
     ratio: float = 0.5                       # r: share of the generated cases used
     mtn_overrides: tuple[str, ...] = ()      # e.g. ("mtn.lam=5",): an MTN run of its own
     raw: bool = False                        # add the labelled source cases untranslated (naive pooling)
+    # evaluate the trained cascade of the named setting instead of training one (a paired
+    # ablation of inference-time switches: "SCN off" = the same MAUNet without its SCN)
+    same_run_as: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,36 +167,51 @@ def acdc_cohort(data: Path, n_test: int = 20, n_train: int | None = None, seed: 
     return Cohort(Path(data), (([cases[i] for i in tr], [cases[i] for i in te]),), layout="acdc")
 
 
-def _evaluate_setting(seg_dir: Path, test_cases, pred_dir: Path, labelset) -> list[dict]:
+def _gt_center_mm(label) -> np.ndarray:
+    """Physical centre (x, y, z mm) of a label image's foreground."""
+    import SimpleITK as sitk
+    idx = np.argwhere(sitk.GetArrayViewFromImage(label) > 0).mean(0)[::-1]
+    return np.asarray(label.TransformContinuousIndexToPhysicalPoint([float(v) for v in idx]))
+
+
+def _evaluate_setting(seg_dir: Path, test_cases, pred_dir: Path, labelset,
+                      with_scn: bool = True) -> tuple[list[dict], list[dict]]:
+    """Per-case metric rows, and per-case centre errors (localizer, final ROI) in mm."""
     from .data.datasets import load_case
     from .data.io import write_image
     from .metrics import evaluate_case
     from .predict import Cascade
     import SimpleITK as sitk
-    cascade = Cascade.load(seg_dir)
-    rows = []
+    cascade = Cascade.load(seg_dir, with_scn=with_scn)
+    rows, centers = [], []
     for case in test_cases:
         image, label = load_case(case, labelset)
         target = pred_dir / f"{case.case_id}_label.nii.gz"
+        trace = {}
         pred = cascade.predict_image(image, case.modality if case.modality in ("ct", "mr")
-                                     else None)
+                                     else None, trace=trace)
         write_image(pred, target)
         pa = labelset.to_classes(sitk.GetArrayViewFromImage(pred), str(target))
         rows += evaluate_case(pa, sitk.GetArrayFromImage(label), label.GetSpacing(), labelset,
                               case.case_id)
-    return rows
+        truth = _gt_center_mm(label)
+        centers.append({"case": case.case_id, "passes": trace["passes"],
+                        "localizer_error_mm": float(np.linalg.norm(trace["localizer_mm"] - truth)),
+                        "roi_error_mm": float(np.linalg.norm(trace["roi_center_mm"] - truth))})
+    return rows, centers
 
 
 def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Path | None = None,
                    seeds: int = 1, folds: int = 0, published: dict | None = None,
-                   cohort: Cohort | None = None, note: str | None = None) -> pd.DataFrame:
+                   cohort: Cohort | None = None, note: str | None = None,
+                   catalogue: list[Setting] | None = None) -> pd.DataFrame:
     """Run every setting x seed x fold; write the results folder; return the per-case rows.
 
     ``cohort`` gives the cases (MS-CMRSeg, ACDC, ...); without it, the MM-WHS layout at ``data``
-    (default: the built-in phantom) with ``folds``."""
+    (default: the built-in phantom) with ``folds``. ``catalogue``: every setting of the
+    experiment, where a setting's ``same_run_as`` is looked up (default: ``settings``)."""
     from .data import phantom
     from .data.datasets import get_labelset
-    from .train.seg import train_segmentation
     out = Path(out)
     work = out / "work"
     if cohort is None:
@@ -221,36 +240,61 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
         {"experiment": name, "data": str(data), "seeds": seeds, "folds": folds,
          "settings": known, "cohort": cohort.describe()}, indent=2))
     rows = list(kept)
+    center_rows = []
+    if (out / "centers.csv").exists() and kept:
+        old_centers = pd.read_csv(out / "centers.csv")
+        center_rows = old_centers[~old_centers["setting"].isin(names)].to_dict("records")
+    by_name = {s.name: s for s in [*(catalogue or []), *settings]}
+    for s in settings:
+        if s.same_run_as is not None and s.same_run_as not in by_name:
+            raise UserError(f"setting {s.name!r} evaluates the run of {s.same_run_as!r}, which "
+                            f"is not a setting of this experiment ({sorted(by_name)})")
     for seed in range(seeds):
         for fold, (train_cases, test_cases) in enumerate(splits):
             for s in settings:
                 t0 = time.time()
                 tag = f"s{seed}_f{fold}"
-                cfg = apply_overrides(base, [*s.overrides, f"train.seed={seed}",
-                                             f"mtn.ratio={s.ratio if s.mtn else 0.0}"])
-                generated = _generated(base, s, cohort, work, seed) if s.mtn else None
-                if s.raw and not cohort.source:
-                    raise UserError(f"setting {s.name!r} pools source-domain cases; {data} "
-                                    f"({cohort.layout}) has none")
-                seg_dir = work / "seg" / s.name / tag
+                trained = by_name[s.same_run_as] if s.same_run_as else s
+                seg_dir = work / "seg" / trained.name / tag
                 if not (seg_dir / "done.json").exists():
-                    train_segmentation(cfg, data, seg_dir, generated=generated, cases=train_cases,
-                                       extra=list(cohort.source) if s.raw else None)
-                    atomic_write_text(seg_dir / "done.json", json.dumps({"seconds": time.time() - t0}))
-                case_rows = _evaluate_setting(seg_dir, test_cases, work / "pred" / s.name / tag,
-                                              labelset)
+                    _train_setting(trained, base, cohort, work, seed, train_cases, seg_dir)
+                cfg = apply_overrides(base, list(s.overrides))
+                case_rows, centers = _evaluate_setting(
+                    seg_dir, test_cases, work / "pred" / s.name / tag, labelset, cfg.scn.enabled)
                 rows += [{"setting": s.name, "seed": seed, "fold": fold, **r} for r in case_rows]
+                center_rows += [{"setting": s.name, "seed": seed, "fold": fold, **r}
+                                for r in centers]
                 df = pd.DataFrame(rows)
                 _write_csv(df, out / "per_case.csv")
+                _write_csv(pd.DataFrame(center_rows), out / "centers.csv")
                 whs = [r["dice"] for r in case_rows if r["structure"] == "WHS_mean"]
+                loc = [c["localizer_error_mm"] for c in centers]
                 print(f"[{name}] {s.name} seed {seed} fold {fold}: WHS mean Dice "
-                      f"{100 * np.mean(whs):.1f}% ({time.time() - t0:.0f} s)", flush=True)
+                      f"{100 * np.mean(whs):.1f}%; localizer centre error median "
+                      f"{np.median(loc):.1f} mm, max {np.max(loc):.1f} mm "
+                      f"({time.time() - t0:.0f} s)", flush=True)
     summary = summarize_experiment(df)
     _write_csv(summary, out / "summary.csv")
     table = markdown_table(summary, [s["name"] for s in known], published, note)
     atomic_write_text(out / "table.md", f"# {name}\n\n{table}\n")
     print(table)
     return df
+
+
+def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, train_cases,
+                   seg_dir: Path) -> None:
+    """Train the cascade of setting ``s`` (seed, fold's training cases) into ``seg_dir``."""
+    from .train.seg import train_segmentation
+    t0 = time.time()
+    cfg = apply_overrides(base, [*s.overrides, f"train.seed={seed}",
+                                 f"mtn.ratio={s.ratio if s.mtn else 0.0}"])
+    if s.raw and not cohort.source:
+        raise UserError(f"setting {s.name!r} pools source-domain cases; {cohort.data} "
+                        f"({cohort.layout}) has none")
+    generated = _generated(base, s, cohort, work, seed) if s.mtn else None
+    train_segmentation(cfg, cohort.data, seg_dir, generated=generated, cases=train_cases,
+                       extra=list(cohort.source) if s.raw else None)
+    atomic_write_text(seg_dir / "done.json", json.dumps({"seconds": time.time() - t0}))
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -315,15 +359,17 @@ DATASETS = {
 
 
 def main(name: str, settings: list[Setting], argv=None, doc: str = "",
-         published: dict | None = None, dataset: str = "mmwhs", note: str | None = None) -> int:
+         published: dict | None = None, dataset: str = "mmwhs", note: str | None = None,
+         default_folds: int | None = None) -> int:
     """Command line shared by ``experiments/*.py``; ``dataset`` picks the cohort and its options."""
     from .cli import run_guarded
     p = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     mmwhs = dataset == "mmwhs"
-    p.add_argument("--preset", default="cpu" if mmwhs else "cmr_cpu",
-                   help="paper (GPU) | cpu (phantom) | tiny" if mmwhs else
-                   "cmr (GPU) | cmr_cpu (2 CPU cores) | tiny")
+    p.add_argument("--preset", default=None,
+                   help="paper (GPU) | cpu (real CT, 2 CPU cores; the default with --data) | "
+                   "demo (the phantom's default) | tiny" if mmwhs else
+                   "cmr (GPU) | cmr_cpu (2 CPU cores, the default) | tiny")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data", required=not mmwhs, help=DATASETS[dataset][0])
     if mmwhs:
@@ -346,12 +392,15 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
     p.add_argument("--only", action="append", help="run only these settings (repeatable)")
     p.add_argument("--out", default="results", help="results root")
     p.add_argument("--run", help="run name (default: the preset)")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log lines")
     args = p.parse_args(argv)
+    import_tensorflow_quietly(args.verbose)
 
     def go():
         labels = DATASETS[dataset][1]
         fixed = [f"data.labels={labels}", "data.modality=mr"] if labels else []
-        base = apply_overrides(get_preset(args.preset), fixed + args.overrides)
+        preset = args.preset or ("cmr_cpu" if not mmwhs else "cpu" if args.data else "demo")
+        base = apply_overrides(get_preset(preset), fixed + args.overrides)
         chosen = [s for s in settings if not args.only or s.name in args.only]
         if not chosen:
             raise UserError(f"--only {args.only}: no such setting; have {[s.name for s in settings]}")
@@ -362,9 +411,10 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
         elif dataset == "acdc":
             cohort = acdc_cohort(Path(args.data), args.n_test, args.n_train, args.split_seed)
         else:
-            folds = args.folds if args.folds is not None else (5 if args.data else 0)
-        run_experiment(name, chosen, base, Path(args.out) / name / (args.run or args.preset),
+            folds = args.folds if args.folds is not None else (
+                (default_folds or 5) if args.data else 0)
+        run_experiment(name, chosen, base, Path(args.out) / name / (args.run or preset),
                        Path(args.data) if args.data else None, args.seeds, folds, published,
-                       cohort, note)
+                       cohort, note, settings)
         return 0
     return run_guarded(name, go)

@@ -12,6 +12,7 @@ Dice = 2 sum_k |S_k & T_k| / sum_k (|S_k| + |T_k|) (and Jaccard likewise).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .data.datasets import LabelSet
-from .data.io import check_same_grid, read_label
+from .data.io import check_same_grid, label_files, read_label
 from .utils import UserError, atomic_path
 
 __all__ = ["overlap", "distances", "evaluate_case", "summarize", "evaluate_folders"]
@@ -97,26 +98,22 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return out.loc[order]
 
 
-def _label_files(folder: Path) -> dict[str, Path]:
-    from .predict import case_id_of
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder")
-    files = {case_id_of(p): p for p in sorted(folder.iterdir())
-             if p.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd")) and "_label" in p.name
-             and "_1mm" not in p.name}
-    if not files:
-        raise UserError(f"{folder}: no *_label files")
-    return files
-
-
 def evaluate_folders(pred_dir, gt_dir, labelset: LabelSet, out_csv=None,
                      iso1mm: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Match ``*_label`` files by case id; per-case rows and the summary (optionally CSV)."""
+    """Pair predicted and ground-truth label maps by case id (``data.io.label_files``: any data
+    set's label suffix, or the same file name in both folders); per-case rows and the summary
+    (optionally CSV). Cases found in only one folder are named in a warning and left out."""
     from .data.preprocess import working_grid
-    preds, gts = _label_files(Path(pred_dir)), _label_files(Path(gt_dir))
+    preds, gts = label_files(Path(pred_dir)), label_files(Path(gt_dir))
     common = sorted(set(preds) & set(gts))
     if not common:
-        raise UserError(f"no case ids in common between {pred_dir} and {gt_dir}")
+        raise UserError(f"no case ids in common between {pred_dir} ({sorted(preds)[:3]} ...) "
+                        f"and {gt_dir} ({sorted(gts)[:3]} ...)")
+    for folder, only in ((pred_dir, set(preds) - set(gts)), (gt_dir, set(gts) - set(preds))):
+        if only:
+            print(f"warning: {len(only)} case(s) only in {folder}, not evaluated: "
+                  f"{', '.join(sorted(only)[:10])}{' ...' if len(only) > 10 else ''}",
+                  file=sys.stderr)
     rows = []
     for cid in common:
         p, t = read_label(preds[cid], labelset.codes), read_label(gts[cid], labelset.codes)

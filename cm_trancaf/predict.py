@@ -21,11 +21,12 @@ import SimpleITK as sitk
 
 from .config import ExperimentConfig, load_config
 from .data.datasets import LabelSet, get_labelset
-from .data.io import Geometry, read_image, write_image
-from .data.preprocess import Prepared, crop, paste, prepare, resample_labels, to_source, working_grid
+from .data.io import Geometry, case_id_of, list_images, read_image, write_image
+from .data.preprocess import (Prepared, crop, foreground_center, index_to_mm, paste, prepare,
+                              probs_to_source, to_source, working_grid)
 from .utils import UserError
 
-__all__ = ["Cascade", "predict_files", "case_id_of", "list_images"]
+__all__ = ["Cascade", "predict_files"]
 
 
 @dataclass
@@ -38,9 +39,10 @@ class Cascade:
 
     @classmethod
     def load(cls, run_dir: str | Path, precision: str = "float32",
-             jit_compile: bool = False) -> "Cascade":
+             jit_compile: bool = False, with_scn: bool = True) -> "Cascade":
         """The cascade of a ``train-seg`` run (or ``export`` folder). ``precision`` (float32 |
-        mixed_bfloat16 | mixed_float16, GPU) and ``jit_compile`` (XLA) speed up the networks."""
+        mixed_bfloat16 | mixed_float16, GPU) and ``jit_compile`` (XLA) speed up the networks.
+        ``with_scn=False``: the run's MAUNet alone (a paired SCN ablation: same MAUNet)."""
         from .export import is_export, load_exported
         run_dir = Path(run_dir)
         if is_export(run_dir):             # a SavedModel from ``cm-trancaf export``
@@ -53,6 +55,9 @@ class Cascade:
         split = json.loads((run_dir / "split.json").read_text())
         labelset = get_labelset(split["labels"], tuple(split["codes"]))
         from .train.scale import precision_policy
+        if not with_scn:
+            from dataclasses import replace
+            cfg = replace(cfg, scn=replace(cfg.scn, enabled=False))
         with precision_policy(precision):
             localizer, maunet, scn = _restore_networks(run_dir, cfg, labelset.num_classes)
         if jit_compile:
@@ -61,24 +66,43 @@ class Cascade:
             scn = _jit(scn, tf) if scn is not None else None
         return cls(cfg, labelset, localizer, maunet, scn)
 
-    def segment(self, prep: Prepared, center=None,
-                profile: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def segment(self, prep: Prepared, center=None, profile: dict | None = None,
+                trace: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Working-grid class map, ROI probabilities (D, H, W, K) and the ROI start index;
-        ``profile`` receives the seconds of localize, crop, maunet, scn, paste."""
+        ``profile`` receives the seconds of localize, crop, maunet, scn, paste; ``trace`` the
+        localizer's centre and the final ROI centre (mm, x y z) and the number of passes.
+
+        After the first pass the ROI is re-centred on the segmented heart and segmented again
+        (``infer.refine_passes`` times): a heart the localizer placed off-centre, partly outside
+        the ROI, is then seen whole."""
         from .train.seg import locate, segment_roi
         clock = _Clock(profile)
         if center is None:
             center = locate(self.localizer, prep, self.cfg)
         clock("localize")
-        roi, start = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0)
-        clock("crop")
-        probs = segment_roi(self.maunet, self.scn, roi, clock)
+        for attempt in range(1 + max(0, self.cfg.infer.refine_passes)):
+            if attempt:
+                fg = np.argmax(probs, -1) > 0
+                if not fg.any():
+                    break
+                new = start + foreground_center(fg)
+                if np.all(np.abs(new - center) < 1.0):      # already centred: done
+                    break
+                center = new
+            roi, start = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0)
+            clock("crop")
+            probs = segment_roi(self.maunet, self.scn, roi, clock)
+            if trace is not None:
+                trace["passes"] = attempt + 1
+                trace.setdefault("localizer_mm", index_to_mm(prep.grid, center))
+                trace["roi_center_mm"] = index_to_mm(prep.grid, center)
         classes = paste(np.argmax(probs, -1).astype(np.uint8), start, prep.image.shape, 0)
         clock("paste")
         return classes, probs, start
 
     def predict_image(self, image: sitk.Image, modality: str | None = None,
-                      profile: dict | None = None, with_probs: bool = False):
+                      profile: dict | None = None, with_probs: bool = False,
+                      trace: dict | None = None):
         """Label map in the data set's codes on ``image``'s exact grid; with ``with_probs`` also
         the ROI probabilities as an image on the working grid. ``profile`` receives the seconds
         of each stage (preprocess, localize, crop, maunet, scn, paste, paste_back)."""
@@ -86,9 +110,15 @@ class Cascade:
         prep = prepare(image, None, self.cfg.data, modality or self.cfg.data.modality,
                        self.labelset.num_classes)
         clock("preprocess")
-        classes, probs, start = self.segment(prep, profile=profile)
+        classes, probs, start = self.segment(prep, profile=profile, trace=trace)
         clock.reset()
-        out = to_source(classes, prep, self.labelset.num_classes)
+        if self.cfg.infer.paste_back == "probs":
+            out = probs_to_source(probs, start, prep)
+        elif self.cfg.infer.paste_back == "nearest":
+            out = to_source(classes, prep, self.labelset.num_classes)
+        else:
+            raise UserError(f"infer.paste_back must be probs|nearest, got "
+                            f"{self.cfg.infer.paste_back!r}")
         codes = sitk.GetImageFromArray(self.labelset.to_codes(sitk.GetArrayViewFromImage(out)))
         codes.CopyInformation(out)
         clock("paste_back")
@@ -141,32 +171,6 @@ def _jit(model, tf):
     """An XLA-compiled inference call of ``model`` (same signature, ``training`` ignored)."""
     fn = tf.function(lambda *xs: model(*xs, training=False), jit_compile=True)
     return lambda *xs, training=False: fn(*xs)
-
-
-def case_id_of(path: Path) -> str:
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    for suffix in ("_image", "_label", "_pred"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return name
-
-
-def list_images(path: Path) -> list[Path]:
-    """An image file, or the images of a folder (label files ``*_label*``/``*_manual*`` left out)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.iterdir() if p.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd"))
-                   and "_label" not in p.name and "_manual" not in p.name)
-    if not files:
-        raise UserError(f"{path}: no image files (.nii.gz, .nii, .mha, .nrrd) in this folder")
-    return files
 
 
 def predict_files(run_dir: str | Path, inputs: str | Path, out_dir: str | Path,

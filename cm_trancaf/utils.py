@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["UserError", "atomic_path", "atomic_dir", "atomic_write_text"]
+__all__ = ["UserError", "atomic_path", "atomic_dir", "atomic_write_text", "import_tensorflow_quietly"]
 
 
 class UserError(Exception):
@@ -54,3 +54,24 @@ def atomic_dir(path: str | Path):
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def import_tensorflow_quietly(verbose: bool = False) -> None:
+    """Import TensorFlow and find its devices with the process's stderr (fd 2) muted: its start-up
+    lines (oneDNN, CUDA drivers, cuInit) come from C++ logging that ``TF_CPP_MIN_LOG_LEVEL`` no
+    longer silences. ``verbose``: import as usual, lines and all. Errors still raise."""
+    if verbose:
+        import tensorflow as tf
+        tf.config.list_logical_devices()
+        return
+    import sys
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+        tf.config.list_logical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

@@ -134,3 +134,29 @@ def test_folder_prediction_overlapping_io_stops_at_a_bad_file(seg_run, tiny_phan
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["a_label.nii.gz"]                  # the case before is complete, no temp
     sitk.ReadImage(str(tmp_path / "out" / "a_label.nii.gz"))
+
+
+def test_every_labelled_case_trains_unless_validation_is_asked(tiny_phantom, tmp_path):
+    import json
+    from cm_trancaf.data.datasets import mmwhs_cases
+    from cm_trancaf.utils import UserError
+    ids = [c.case_id for c in mmwhs_cases(tiny_phantom, "ct", "train")]
+    cfg = apply_overrides(get_preset("tiny"), ["train_localizer.steps=2"])
+    split = lambda run: json.loads((run / "split.json").read_text())
+    train_segmentation(cfg, tiny_phantom, tmp_path / "all", stages=("localizer",))
+    assert split(tmp_path / "all")["train"] == ids and split(tmp_path / "all")["val"] == []
+    assert not (tmp_path / "all" / "localizer" / "val.csv").exists()   # the last checkpoint is used
+    # named validation cases are held out, and validated on
+    train_segmentation(cfg, tiny_phantom, tmp_path / "named", stages=("localizer",),
+                       val_ids=[ids[0]])
+    assert split(tmp_path / "named")["train"] == ids[1:]
+    assert split(tmp_path / "named")["val"] == [ids[0]]
+    assert (tmp_path / "named" / "localizer" / "val.csv").exists()
+    # a fraction, as before
+    cfg_frac = apply_overrides(cfg, ["train.val_fraction=0.2"])
+    train_segmentation(cfg_frac, tiny_phantom, tmp_path / "frac", stages=("localizer",))
+    assert split(tmp_path / "frac")["val"] == ids[-1:]
+    with pytest.raises(UserError, match="not among the training cases"):
+        train_segmentation(cfg, tiny_phantom, tmp_path / "bad", stages=("localizer",),
+                           val_ids=["ct_train_9999"])
+    assert not (tmp_path / "bad").exists()                  # nothing written for a bad request

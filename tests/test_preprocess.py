@@ -6,8 +6,9 @@ import SimpleITK as sitk
 from cm_trancaf.config import DataConfig
 from cm_trancaf.data.datasets import LABEL_SETS, Case, load_case, mmwhs_cases
 from cm_trancaf.data.io import Geometry
-from cm_trancaf.data.preprocess import (crop, foreground_center, index_to_mm, mm_to_index,
-                                        normalize, paste, prepare, to_source, working_grid)
+from cm_trancaf.data.preprocess import (argmax_resample, crop, foreground_center, index_to_mm,
+                                        mm_to_index, normalize, paste, prepare, probs_to_source,
+                                        to_source, working_grid)
 
 from conftest import need_shared
 
@@ -89,3 +90,54 @@ def test_enhancement_options_keep_range(tiny_phantom, method):
     prep = prepare(image, label, DataConfig(spacing=(6.0, 6.0, 6.0), enhance=method), "ct", 8)
     assert prep.image.min() >= -1 and prep.image.max() <= 1
     assert prep.image.shape == prep.label.shape
+
+
+def _onehot_roi(prep, size=(64, 64, 64)):
+    """A perfect working-grid prediction: the one-hot ROI around the heart, and its start."""
+    roi, start = crop(prep.label, foreground_center(prep.label), size)
+    return np.eye(8, dtype=np.float32)[roi], start
+
+
+def test_probability_paste_back_geometry_and_box_restriction(tiny_phantom):
+    # an LAS CT and an RAS MRI with another spacing: the output sits on each input's exact grid
+    for case in mmwhs_cases(tiny_phantom, "ct")[:1] + mmwhs_cases(tiny_phantom, "mr")[:1]:
+        image, label = load_case(case, LABEL_SETS["mmwhs"])
+        prep = prepare(image, label, DataConfig(spacing=(6.0, 6.0, 6.0), enhance="none"), "ct", 8)
+        probs, start = _onehot_roi(prep, (24, 24, 24))
+        # soft probabilities: the argmax on the source grid is no longer a resampled label map
+        probs = 0.6 * probs + 0.4 * np.random.default_rng(0).dirichlet(np.ones(8), probs.shape[:3])
+        out = probs_to_source(probs.astype(np.float32), start, prep)
+        assert Geometry.of(out) == Geometry.of(label)
+        # the same as resampling every class over the whole source grid (no box restriction):
+        # the foreground box changes nothing, and nothing leaks outside the ROI
+        full = paste(probs.astype(np.float32), start, prep.image.shape, np.eye(8)[0])
+
+        def channels():
+            for k in range(8):
+                img = sitk.GetImageFromArray(np.ascontiguousarray(full[..., k]))
+                prep.grid.apply(img)
+                yield k, img
+        reference = argmax_resample(channels(), prep.source)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(out), reference)
+        # structures land where they are: per-structure Dice with the source label map
+        back, orig = sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(label)
+        present = [k for k in range(1, 8) if (orig == k).sum() > 200]
+        assert np.mean([_dice(back, orig, k) for k in present]) > 0.7
+
+
+def test_perfect_3mm_prediction_pasted_back_scores_95_on_a_real_label_map():
+    path = need_shared("mmwhs_ct_labels") / "ct_train_1002_label.nii.gz"   # 0.49 x 0.49 x 0.625 mm
+    _, label = load_case(Case("1002", path, path), LABEL_SETS["mmwhs"])
+    cfg = DataConfig(spacing=(3.0, 3.0, 3.0), enhance="none")
+    prep = prepare(sitk.Cast(label, sitk.sitkFloat32), label, cfg, "ct", 8)
+    probs, start = _onehot_roi(prep)
+    orig = sitk.GetArrayFromImage(label)
+    out = probs_to_source(probs, start, prep)
+    assert Geometry.of(out) == Geometry.of(label)
+    dice_probs = [_dice(sitk.GetArrayFromImage(out), orig, k) for k in range(1, 8)]
+    nearest = sitk.GetArrayFromImage(to_source(paste(np.argmax(probs, -1).astype(np.uint8), start,
+                                                     prep.label.shape), prep, 8))
+    dice_nearest = [_dice(nearest, orig, k) for k in range(1, 8)]
+    # measured: 95.6% (Myo 95.1) against 93.6% (Myo 92.5) for the nearest-neighbour label map
+    assert np.mean(dice_probs) >= 0.95, dice_probs
+    assert np.mean(dice_probs) > np.mean(dice_nearest) + 0.01

@@ -16,7 +16,8 @@ import SimpleITK as sitk
 
 from ..utils import UserError, atomic_path
 
-__all__ = ["Geometry", "read_image", "read_label", "write_image", "check_same_grid", "quiet_itk"]
+__all__ = ["Geometry", "read_image", "read_label", "write_image", "check_same_grid", "quiet_itk",
+           "case_id_of", "list_images", "label_files", "IMAGE_EXTENSIONS", "LABEL_SUFFIXES"]
 
 
 def quiet_itk() -> None:
@@ -197,3 +198,50 @@ def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> P
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: cannot write ({msg[:200]})") from None
     return path
+
+
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+LABEL_SUFFIXES = ("_label", "_mask", "_manual", "_gt", "_seg")
+
+
+def case_id_of(path: Path) -> str:
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    for suffix in ("_image", *LABEL_SUFFIXES, "_pred"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def label_files(folder: Path) -> dict[str, Path]:
+    """Label maps of a folder by case id, whatever the data set's suffix: ``*_label`` (MM-WHS,
+    ``predict``), ``*_mask`` (ACDC), ``*_manual`` (MS-CMRSeg), ``*_gt``, ``*_seg``; a folder
+    with none of them holds one label map per case under the case's own name (nnU-Net's
+    ``labelsTr/case.nii.gz``), images (``*_image``) left out. ``*_1mm`` copies are left out."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    files = [p for p in sorted(folder.iterdir()) if p.name.endswith(IMAGE_EXTENSIONS)
+             and "_1mm" not in p.name]
+    tagged = [p for p in files if any(f"{s}." in p.name for s in LABEL_SUFFIXES)]
+    chosen = tagged or [p for p in files if "_image." not in p.name]
+    if not chosen:
+        raise UserError(f"{folder}: no label files (*_label, *_mask, *_manual, or one file per case)")
+    return {case_id_of(p): p for p in chosen}
+
+
+def list_images(path: Path) -> list[Path]:
+    """An image file, or the images of a folder (label maps ``*_label``, ``*_mask``, ... left out)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.name.endswith(IMAGE_EXTENSIONS)
+                   and not any(f"{s}." in p.name or f"{s}_" in p.name for s in LABEL_SUFFIXES))
+    if not files:
+        raise UserError(f"{path}: no image files (.nii.gz, .nii, .mha, .nrrd) in this folder")
+    return files

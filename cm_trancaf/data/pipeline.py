@@ -140,8 +140,10 @@ def localizer_input(case: Prepared, size, spacing_mm: float, center=None, matrix
 
 
 def localizer_dataset(cases: list[Prepared], size, spacing_mm: float, sigma_mm: float,
-                      aug: AugmentConfig, batch_size: int, seed: int, start: int = 0):
-    """Batches ``(coarse image (B, d, h, w, 1), heatmap (B, d, h, w, 1))`` of the heart centre."""
+                      aug: AugmentConfig, batch_size: int, seed: int, start: int = 0,
+                      jitter_mm: float = 30.0):
+    """Batches ``(coarse image (B, d, h, w, 1), heatmap (B, d, h, w, 1))`` of the heart centre;
+    each view is centred up to ``jitter_mm`` off the volume centre (as a test volume's heart is)."""
     size = tuple(int(s) for s in size)
     targets = [foreground_center(c.label) for c in cases]
 
@@ -150,7 +152,7 @@ def localizer_dataset(cases: list[Prepared], size, spacing_mm: float, sigma_mm: 
         k = int(rng.integers(len(cases)))
         c = cases[k]
         sp = np.asarray(c.grid.spacing)[::-1]
-        center = (np.asarray(c.image.shape) - 1) / 2 + rng.uniform(-30, 30, 3) / sp
+        center = (np.asarray(c.image.shape) - 1) / 2 + rng.uniform(-jitter_mm, jitter_mm, 3) / sp
         m = augment_matrix(rng, AugmentConfig(scale=aug.scale, rotate_deg=aug.rotate_deg,
                                               flip_prob=0.0), c.grid.spacing)
         img, mz, ctr = localizer_input(c, size, spacing_mm, center, m)

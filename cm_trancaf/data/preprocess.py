@@ -30,7 +30,8 @@ from ..config import DataConfig
 from .io import Geometry
 
 __all__ = ["Prepared", "working_grid", "resample", "resample_labels", "enhance", "normalize",
-           "prepare", "crop", "paste", "foreground_center", "to_source", "index_to_mm",
+           "prepare", "crop", "paste", "foreground_center", "to_source", "probs_to_source",
+           "source_box", "argmax_resample", "index_to_mm",
            "mm_to_index"]
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -74,6 +75,21 @@ def resample(image: sitk.Image, grid: Geometry, interp=sitk.sitkLinear,
                          image.GetPixelID())
 
 
+def argmax_resample(channels, grid: Geometry) -> np.ndarray:
+    """Argmax over classes of per-class maps resampled linearly onto ``grid``: ``channels`` yields
+    (class index, float32 image); voxels outside a map read 1 for class 0 (background), else 0.
+    One channel in memory at a time (a running maximum), so the cost is one float per voxel."""
+    best = best_p = None
+    for k, channel in channels:
+        p = sitk.GetArrayFromImage(resample(channel, grid, sitk.sitkLinear, 1.0 if k == 0 else 0.0))
+        if best is None:
+            best, best_p = np.full(p.shape, k, np.uint8), p
+        else:
+            better = p > best_p
+            best[better], best_p = k, np.where(better, p, best_p)
+    return best
+
+
 def resample_labels(label: sitk.Image, grid: Geometry, num_classes: int,
                     mode: str = "nearest") -> sitk.Image:
     """Resample a class map: nearest neighbour, or one-hot linear + argmax (smoother when coarser)."""
@@ -82,17 +98,12 @@ def resample_labels(label: sitk.Image, grid: Geometry, num_classes: int,
     if mode != "linear":
         raise ValueError(f"label resampling mode must be nearest|linear, got {mode!r}")
     arr = sitk.GetArrayViewFromImage(label)
-    best = best_p = None
-    for k in range(num_classes):
-        onehot = sitk.GetImageFromArray((arr == k).astype(np.float32))
-        onehot.CopyInformation(label)
-        p = sitk.GetArrayFromImage(resample(onehot, grid, sitk.sitkLinear, 1.0 if k == 0 else 0.0))
-        if best is None:
-            best, best_p = np.zeros(p.shape, np.uint8), p
-        else:
-            better = p > best_p
-            best[better], best_p = k, np.where(better, p, best_p)
-    out = sitk.GetImageFromArray(best)
+
+    def onehot(k):
+        img = sitk.GetImageFromArray((arr == k).astype(np.float32))
+        img.CopyInformation(label)
+        return img
+    out = sitk.GetImageFromArray(argmax_resample(((k, onehot(k)) for k in range(num_classes)), grid))
     grid.apply(out)
     return out
 
@@ -197,3 +208,68 @@ def to_source(classes: np.ndarray, prepared: Prepared, num_classes: int,
     out = resample_labels(img, prepared.source, num_classes, mode)
     prepared.source.apply(out)
     return out
+
+
+def source_box(prepared: Prepared, start, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Index range [lo, hi) (x, y, z) of the source voxels whose centres lie inside the extent of
+    the working-grid block ``shape`` (D, H, W) at ``start`` (D, H, W); empty when lo >= hi."""
+    src = prepared.source
+    sp, grid_sp = np.asarray(src.spacing), np.asarray(prepared.grid.spacing)
+    direction = np.asarray(src.direction).reshape(3, 3)
+    lo_mm = np.asarray(prepared.grid.origin) + (np.asarray(start)[::-1] - 0.5) * grid_sp
+    hi_mm = lo_mm + np.asarray(shape)[::-1] * grid_sp
+    corners = np.array([[a, b, c] for a in (lo_mm[0], hi_mm[0]) for b in (lo_mm[1], hi_mm[1])
+                        for c in (lo_mm[2], hi_mm[2])])
+    index = ((corners - np.asarray(src.origin)) @ direction) / sp     # continuous source index
+    lo = np.maximum(np.ceil(index.min(0) - 1e-6), 0).astype(int)
+    hi = np.minimum(np.floor(index.max(0) + 1e-6) + 1, src.size).astype(int)
+    return lo, hi
+
+
+def probs_to_source(probs: np.ndarray, start, prepared: Prepared) -> sitk.Image:
+    """ROI class probabilities (D, H, W, K) at working-grid index ``start`` -> uint8 class image
+    on the source grid (exact size and geometry).
+
+    Each class's probability is resampled linearly onto the source voxels inside the ROI's
+    extent and the argmax taken there (as nnU-Net does), instead of resampling the working-grid
+    argmax by nearest neighbour: the structures' boundaries fall between working voxels, which
+    matters for thin ones (the myocardium, 2-3 working voxels thick at 3 mm). Source voxels
+    outside the ROI are background.
+
+    Only the box of the ROI's foreground (argmax > 0), grown by one working voxel, is resampled:
+    where the 8 working voxels around a point all have background as their argmax, the weighted
+    mean of their probabilities has it too (linear weights are >= 0), so the result is exact."""
+    src = prepared.source
+    out = np.zeros(tuple(src.size)[::-1], np.uint8)
+    # outside the ROI is background (probability 1): one voxel of it around the ROI, so that the
+    # ROI's edge is interpolated towards background, as in a whole-volume probability map
+    background = np.eye(probs.shape[-1], dtype=np.float32)[0]
+    probs = np.pad(probs, [(1, 1)] * 3 + [(0, 0)])
+    probs[[0, -1], :, :], probs[:, [0, -1], :], probs[:, :, [0, -1]] = (background,) * 3
+    start = np.asarray(start) - 1
+    fg = np.argwhere(np.argmax(probs, -1) > 0)
+    if len(fg) == 0:
+        img = sitk.GetImageFromArray(out)
+        return src.apply(img)
+    a = np.maximum(fg.min(0) - 1, 0)
+    b = np.minimum(fg.max(0) + 2, probs.shape[:3])
+    probs = probs[a[0]:b[0], a[1]:b[1], a[2]:b[2]]
+    start = np.asarray(start) + a
+    lo, hi = source_box(prepared, start, probs.shape[:3])
+    if np.all(hi > lo):
+        box = Geometry(tuple(int(v) for v in hi - lo), src.spacing, tuple(
+            float(v) for v in np.asarray(src.origin) + np.asarray(src.direction).reshape(3, 3)
+            @ (lo * np.asarray(src.spacing))), src.direction)
+        roi_origin = tuple(float(v) for v in np.asarray(prepared.grid.origin)
+                           + np.asarray(start)[::-1] * np.asarray(prepared.grid.spacing))
+
+        def channels():
+            for k in range(probs.shape[-1]):
+                img = sitk.GetImageFromArray(np.ascontiguousarray(probs[..., k], np.float32))
+                img.SetSpacing(prepared.grid.spacing)
+                img.SetOrigin(roi_origin)
+                yield k, img
+        out[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = argmax_resample(channels(), box)
+    img = sitk.GetImageFromArray(out)
+    src.apply(img)
+    return img

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from ..config import ExperimentConfig, load_config, save_config
 from ..data.datasets import Case, find_cases
-from ..data.io import read_image, write_image
+from ..data.io import case_id_of, list_images, read_image, write_image
 from ..data.pipeline import patch_dataset
 from ..data.preprocess import Prepared, prepare, resample
 from ..losses import (adversarial_bce, adversarial_lsgan, cycle_l1, discriminator_loss,
@@ -205,7 +205,6 @@ def _denormalize(y: np.ndarray, modality: str, cfg: ExperimentConfig) -> np.ndar
 def translate_folder(run_dir, inputs, out_dir, layout: str = "mmwhs-folder",
                      overwrite: bool = False) -> list[dict]:
     """Translate every image in ``inputs`` (folder or file); labels beside them are copied."""
-    from ..predict import case_id_of, list_images
     cfg, meta, g_c = load_generator(Path(run_dir))
     out_dir = Path(out_dir)
     images = list_images(Path(inputs))

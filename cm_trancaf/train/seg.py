@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +34,8 @@ from .loop import Run, train_loop
 from .scale import distribute, get_strategy, make_optimizer, make_step, precision_policy
 
 __all__ = ["prepare_cases", "split_cases", "pick_generated", "train_localizer", "train_maunet",
-           "train_scn", "train_segmentation", "locate", "segment_roi", "dice_per_class"]
+           "train_scn", "train_segmentation", "locate", "segment_roi", "dice_per_class",
+           "center_errors_mm", "lr_schedule"]
 
 STAGES = ("localizer", "maunet", "scn")
 
@@ -47,10 +49,34 @@ def prepare_cases(cases: list[Case], labelset: LabelSet, cfg: ExperimentConfig) 
     return out
 
 
-def split_cases(cases: list[Case], val_fraction: float = 0.2) -> tuple[list[Case], list[Case]]:
-    """Deterministic split: the last ceil(fraction * n) cases validate (none if n < 2)."""
-    n_val = 0 if len(cases) < 2 else max(1, math.ceil(val_fraction * len(cases)))
+def split_cases(cases: list[Case], val_fraction: float = 0.0,
+                val_ids: list[str] | None = None) -> tuple[list[Case], list[Case]]:
+    """(train, validation): the cases named in ``val_ids``, else the last ceil(fraction * n)
+    cases (none when the fraction is 0, as the paper: every label trains, or when n < 2)."""
+    if val_ids:
+        unknown = sorted(set(val_ids) - {c.case_id for c in cases})
+        if unknown:
+            raise UserError(f"validation cases {unknown} are not among the training cases")
+        return ([c for c in cases if c.case_id not in set(val_ids)],
+                [c for c in cases if c.case_id in set(val_ids)])
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"train.val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = 0 if len(cases) < 2 or val_fraction == 0 else max(1, math.ceil(val_fraction * len(cases)))
     return cases[: len(cases) - n_val], cases[len(cases) - n_val:]
+
+
+def lr_schedule(t, optimizer) -> Callable[[int], None] | None:
+    """``Run.schedule`` for a TrainConfig: None (constant lr) or cosine decay from ``t.lr`` to
+    ``t.lr_final * t.lr`` over ``t.steps``."""
+    if t.lr_schedule == "constant":
+        return None
+    if t.lr_schedule != "cosine":
+        raise UserError(f"train.lr_schedule must be constant|cosine, got {t.lr_schedule!r}")
+
+    def schedule(step: int) -> None:
+        frac = t.lr_final + (1 - t.lr_final) * 0.5 * (1 + math.cos(math.pi * step / max(1, t.steps)))
+        optimizer.learning_rate.assign(t.lr * frac)
+    return schedule
 
 
 def pick_generated(cases: list[Case], ratio: float, seed: int) -> list[Case]:
@@ -114,8 +140,10 @@ def _build(cfg: ExperimentConfig, lr: float, build: Callable, extra: list | None
 
 
 def _run(cfg_train, run_dir, objects, validate, metric, higher, desc, batch):
+    """A ``Run``; ``validate`` None (no validation cases): the last checkpoint is the one used."""
     return Run(Path(run_dir), cfg_train.steps, cfg_train.log_every, cfg_train.val_every,
                cfg_train.ckpt_every, batch, objects, validate, metric, higher, desc,
+               schedule=lr_schedule(cfg_train, objects["optimizer"]),
                on_nonfinite=cfg_train.on_nonfinite, deterministic=cfg_train.deterministic)
 
 
@@ -125,20 +153,27 @@ def train_localizer(cfg: ExperimentConfig, train: list[Prepared], val: list[Prep
     strategy, model, opt = _build(cfg, t.lr, lambda: build_localizer(lc))
 
     def loss_fn(x, y):
-        loss = 100.0 * heatmap_l2(y, model(x, training=True), peak_weight=50.0)
+        loss = lc.loss_scale * heatmap_l2(y, model(x, training=True), peak_weight=lc.peak_weight)
         return loss, {"loss/heatmap": loss}
 
     def validate():
-        err = [np.linalg.norm((locate(model, c, cfg) - foreground_center(c.label))
-                              * np.asarray(c.grid.spacing)[::-1]) for c in val or train]
-        return {"val/center_error_mm": float(np.mean(err))}
+        err = center_errors_mm(model, val, cfg)
+        return {"val/center_error_mm": float(np.mean(err)),
+                "val/center_error_max_mm": float(np.max(err))}
 
     step = make_step(strategy, loss_fn, model.trainable_variables, opt, cfg.train.jit_compile)
     batches = lambda start: distribute(strategy, localizer_dataset(
-        train, lc.size, lc.spacing_mm, lc.sigma_mm, cfg.augment, t.batch_size, t.seed, start))
-    run = _run(t, run_dir, {"model": model, "optimizer": opt}, validate, "val/center_error_mm",
-               False, "localizer", t.batch_size)
+        train, lc.size, lc.spacing_mm, lc.sigma_mm, cfg.augment, t.batch_size, t.seed, start,
+        lc.center_jitter_mm))
+    run = _run(t, run_dir, {"model": model, "optimizer": opt}, validate if val else None,
+               "val/center_error_mm", False, "localizer", t.batch_size)
     return train_loop(run, batches, step)
+
+
+def center_errors_mm(localizer, cases: list[Prepared], cfg: ExperimentConfig) -> np.ndarray:
+    """Distance (mm) between the localizer's heart centre and the label map's, per case."""
+    return np.array([np.linalg.norm((locate(localizer, c, cfg) - foreground_center(c.label))
+                                    * np.asarray(c.grid.spacing)[::-1]) for c in cases])
 
 
 def _roi_dice(maunet, scn, cases: list[Prepared], cfg: ExperimentConfig, num_classes: int):
@@ -166,8 +201,8 @@ def train_maunet(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepare
     batches = lambda start: distribute(strategy, roi_dataset(
         train, cfg.data.roi_size, num_classes, cfg.augment, t.batch_size, t.seed, start))
     run = _run(t, run_dir, {"model": model, "optimizer": opt},
-               lambda: _roi_dice(model, None, val or train, cfg, num_classes), "val/dice", True,
-               "maunet", t.batch_size)
+               (lambda: _roi_dice(model, None, val, cfg, num_classes)) if val else None,
+               "val/dice", True, "maunet", t.batch_size)
     return train_loop(run, batches, step)
 
 
@@ -176,6 +211,8 @@ def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Pr
     """SCN on top of the MAUNet output; MAUNet frozen (default) or fine-tuned jointly. ``maunet``
     must have been built under the same strategy's scope (``train_segmentation`` does)."""
     t = cfg.train
+    if cfg.scn.steps:
+        t = replace(t, steps=cfg.scn.steps)
     joint = not cfg.scn.freeze_maunet
     strategy, scn, opt = _build(cfg, t.lr, lambda: build_scn(cfg.scn, num_classes,
                                                              cfg.data.roi_size),
@@ -195,7 +232,8 @@ def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Pr
     objects = {"model": scn, "optimizer": opt}
     if joint:
         objects["maunet"] = maunet
-    run = _run(t, run_dir, objects, lambda: _roi_dice(maunet, scn, val or train, cfg, num_classes),
+    run = _run(t, run_dir, objects,
+               (lambda: _roi_dice(maunet, scn, val, cfg, num_classes)) if val else None,
                "val/dice", True, "scn", t.batch_size)
     return train_loop(run, batches, step)
 
@@ -203,11 +241,14 @@ def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Pr
 def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: str | Path,
                        layout: str = "mmwhs", stages=STAGES, generated: str | Path | None = None,
                        codes=None, cases: list[Case] | None = None,
-                       extra: list[Case] | None = None, **layout_kw) -> dict:
+                       extra: list[Case] | None = None, val_ids: list[str] | None = None,
+                       **layout_kw) -> dict:
     """Train the requested stages into ``run_dir``; returns {stage: summary}.
 
     ``cases`` (optional) replaces the data set's training cases, e.g. the training folds of a
-    cross-validation; the last 20% of them validate. ``extra`` cases (e.g. another MRI sequence,
+    cross-validation. Validation cases (checkpoint selection): ``val_ids``, else the last
+    ``train.val_fraction`` of the cases (default none: all train, the last checkpoint is used).
+    ``extra`` cases (e.g. another MRI sequence,
     pooled untranslated) train MAUNet and SCN like generated ones and never validate."""
     from .loop import restore
     run_dir = Path(run_dir)
@@ -222,7 +263,7 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
     if any(c.label is None for c in cases):
         missing = [str(c.image) for c in cases if c.label is None][:3]
         raise UserError(f"training cases without label maps: {missing}")
-    train_cases, val_cases = split_cases(cases)
+    train_cases, val_cases = split_cases(cases, cfg.train.val_fraction, val_ids)
     generated_used = []
     if generated is not None:
         generated_used = pick_generated(generated_cases(generated), cfg.mtn.ratio, cfg.train.seed)
