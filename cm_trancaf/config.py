@@ -79,7 +79,7 @@ class MAUNetConfig:
     """MAUNet (SPEC module 2): residual encoder, attention gates, position attention block."""
     base_filters: int = 16                     # filters = base * 2**level; paper silent
     levels: int = 4                            # SPEC: 4 resolution levels
-    residual: bool = True                      # residual encoder blocks (False: plain U-Net)
+    residual: bool = True                      # residual blocks, encoder and decoder (False: plain U-Net)
     attention_gates: bool = True               # AG on each skip (Oktay et al. 2018)
     pab: bool = True                           # PAB at the bottleneck (Fu et al. 2019)
     dropout: float = 0.0

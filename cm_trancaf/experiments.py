@@ -85,18 +85,26 @@ def _key(items) -> str:
     return hashlib.sha1(json.dumps(list(items)).encode()).hexdigest()[:8] if items else "default"
 
 
-def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int) -> Path:
-    """Train (once) the MTN of this setting and translate the labelled source cases; the folder."""
+def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
+               test_cases=()) -> Path:
+    """Train (once) the MTN of this setting and translate the labelled source cases; the folder.
+
+    The MTN learns from the cohort's target-domain images less this fold's test images (never
+    seen by any training); folds whose MTN images are the same share one MTN."""
     from .train.mtn import train_mtn, translate_folder
     if not cohort.source or cohort.source_dir is None:
         raise UserError(f"setting {setting.name!r} needs source-domain cases (MTN); "
                         f"{cohort.data} ({cohort.layout}) has none")
     cfg = apply_overrides(base, [*setting.mtn_overrides, f"train.seed={seed}"])
+    tested = {c.case_id for c in test_cases}
+    target = [c for c in cohort.mtn_target if c.case_id not in tested]
     key = f"{_key(setting.mtn_overrides)}_s{seed}"
+    if len(target) < len(cohort.mtn_target):
+        key += f"_{_key([c.case_id for c in target])}"      # one MTN per set of target images
     run, out = work / "mtn" / key, work / "generated" / key
     if not (run / "summary.json").exists():
         train_mtn(cfg, cohort.data, run, layout=cohort.layout,
-                  cases=(list(cohort.source), list(cohort.mtn_target)))
+                  cases=(list(cohort.source), target))
     if not (out / "manifest.csv").exists():
         translate_folder(run, cohort.source_dir, out)
     return out
@@ -257,7 +265,8 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                 trained = by_name[s.same_run_as] if s.same_run_as else s
                 seg_dir = work / "seg" / trained.name / tag
                 if not (seg_dir / "done.json").exists():
-                    _train_setting(trained, base, cohort, work, seed, train_cases, seg_dir)
+                    _train_setting(trained, base, cohort, work, seed, train_cases, test_cases,
+                                   seg_dir)
                 cfg = apply_overrides(base, list(s.overrides))
                 case_rows, centers = _evaluate_setting(
                     seg_dir, test_cases, work / "pred" / s.name / tag, labelset, cfg.scn.enabled)
@@ -282,8 +291,9 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
 
 
 def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, train_cases,
-                   seg_dir: Path) -> None:
-    """Train the cascade of setting ``s`` (seed, fold's training cases) into ``seg_dir``."""
+                   test_cases, seg_dir: Path) -> None:
+    """Train the cascade of setting ``s`` (seed, fold's training cases) into ``seg_dir``; the
+    fold's test cases are only named so that no training (the MTN's included) reads them."""
     from .train.seg import train_segmentation
     t0 = time.time()
     cfg = apply_overrides(base, [*s.overrides, f"train.seed={seed}",
@@ -291,7 +301,7 @@ def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, trai
     if s.raw and not cohort.source:
         raise UserError(f"setting {s.name!r} pools source-domain cases; {cohort.data} "
                         f"({cohort.layout}) has none")
-    generated = _generated(base, s, cohort, work, seed) if s.mtn else None
+    generated = _generated(base, s, cohort, work, seed, test_cases) if s.mtn else None
     train_segmentation(cfg, cohort.data, seg_dir, generated=generated, cases=train_cases,
                        extra=list(cohort.source) if s.raw else None)
     atomic_write_text(seg_dir / "done.json", json.dumps({"seconds": time.time() - t0}))

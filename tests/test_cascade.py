@@ -160,3 +160,39 @@ def test_every_labelled_case_trains_unless_validation_is_asked(tiny_phantom, tmp
         train_segmentation(cfg, tiny_phantom, tmp_path / "bad", stages=("localizer",),
                            val_ids=["ct_train_9999"])
     assert not (tmp_path / "bad").exists()                  # nothing written for a bad request
+
+
+def test_known_label_quirk_trains_with_one_warning_unknown_code_stops_first(tiny_phantom,
+                                                                          tmp_path, capfd):
+    import shutil
+    from cm_trancaf.cli import main
+    from cm_trancaf.data.datasets import LABEL_SETS, load_case, mmwhs_cases
+    data = tmp_path / "data"
+    shutil.copytree(tiny_phantom, data)
+    case = mmwhs_cases(data, "ct", "train")[0]
+    label = sitk.ReadImage(str(case.label))
+    arr = sitk.GetArrayFromImage(label)
+    quirk = arr == 420
+    assert quirk.sum() > 10
+    arr[quirk] = 421                                      # MM-WHS mr_train_1010's left atrium
+    fixed = sitk.GetImageFromArray(arr)
+    fixed.CopyInformation(label)
+    sitk.WriteImage(fixed, str(case.label))
+    capfd.readouterr()
+    _, classes = load_case(case, LABEL_SETS["mmwhs"])
+    assert np.all(sitk.GetArrayFromImage(classes)[quirk] == 2)        # LA, class 2
+    warning = [l for l in capfd.readouterr().err.splitlines() if "warning" in l]
+    assert len(warning) == 1 and str(case.label) in warning[0] and "421" in warning[0]
+    cfg = apply_overrides(get_preset("tiny"), ["train_localizer.steps=2"])
+    train_segmentation(cfg, data, tmp_path / "run", stages=("localizer",))
+    assert (tmp_path / "run" / "localizer" / "summary.json").exists()
+    # an unknown code: one error line naming the file, before any run folder exists
+    arr[quirk] = 999
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(label)
+    sitk.WriteImage(bad, str(case.label))
+    capfd.readouterr()
+    rc = main(["train-seg", "--data", str(data), "--out", str(tmp_path / "run2"), "--preset", "tiny"])
+    err = [l for l in capfd.readouterr().err.splitlines() if "error" in l]
+    assert rc == 2 and len(err) == 1 and str(case.label) in err[0] and "999" in err[0]
+    assert not (tmp_path / "run2").exists()

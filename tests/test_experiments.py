@@ -75,16 +75,31 @@ def test_kfold_splits_test_every_case_once():
 
 
 def test_cross_validation_tests_each_training_case(tiny_phantom, tmp_path):
-    df = run_experiment("cv", [Setting("plain", ("scn.enabled=False",))], get_preset("tiny"),
-                        tmp_path / "cv", tiny_phantom, folds=3)
+    settings = [Setting("cascade", mtn=True, ratio=1.0),
+                Setting("SCN off", ("scn.enabled=False",), same_run_as="cascade")]
+    df = run_experiment("cv", settings, get_preset("tiny"), tmp_path / "cv", tiny_phantom, folds=3)
     assert sorted(set(df["case"])) == ["ct_train_1001", "ct_train_1002", "ct_train_1003"]
     assert sorted(set(df["fold"])) == [0, 1, 2]
-    # a fold never trains on its own test case
     import json
     for fold in range(3):
-        split = json.loads((tmp_path / f"cv/work/seg/plain/s0_f{fold}/split.json").read_text())
         tested = set(df[df.fold == fold]["case"])
+        # a fold never trains on its own test case: not the cascade ...
+        split = json.loads((tmp_path / f"cv/work/seg/cascade/s0_f{fold}/split.json").read_text())
         assert not tested & set(split["train"] + split["val"])
+        # ... and not the MTN, which has one run per fold, without the fold's test images
+        gen = set(split["generated"])
+        mtn = [json.loads(p.read_text()) for p in (tmp_path / "cv/work/mtn").glob("*/mtn.json")]
+        targets = [set(m["target"]) for m in mtn]
+        assert len(targets) == 3 and all(len(t) == 2 for t in targets)
+        assert sum(not (t & tested) for t in targets) == 1 and gen
+    # "SCN off" is the same run's MAUNet without its SCN: no training of its own, paired rows
+    assert not (tmp_path / "cv/work/seg/SCN off").exists()
+    on, off = (df[(df.setting == s) & (df.structure == "WHS_mean")].set_index(["fold", "case"])
+               for s in ("cascade", "SCN off"))
+    assert list(on.index) == list(off.index)
+    centers = pd.read_csv(tmp_path / "cv/centers.csv")
+    assert len(centers) == 6 and np.isfinite(centers["localizer_error_mm"]).all()
+    assert (centers["roi_error_mm"] >= 0).all() and set(centers["passes"]) <= {1, 2}
 
 
 def test_experiment_script_without_test_labels_is_one_line_error(tmp_path):

@@ -136,3 +136,32 @@ def test_image_pool_returns_past_fakes_and_round_trips_its_state():
     for i in range(20, 40):
         np.testing.assert_array_equal(pool.query(fake(i)), other.query(fake(i)))
     assert ImagePool(0).query(np.ones((2, 2))).shape == (2, 2)
+
+
+def test_paper_unet_is_a_plain_unet_parameter_for_parameter():
+    """`paper_unet` (Table 1's baseline) against a U-Net written out by hand with plain Keras
+    layers: double 3x3x3 conv + instance norm per level, no shortcut anywhere."""
+    import keras
+    from keras import layers
+    cfg = get_preset("paper_unet").maunet
+    f = [cfg.base_filters * 2 ** l for l in range(cfg.levels)]
+
+    def double(x, n):
+        for _ in range(2):
+            x = layers.Conv3D(n, 3, padding="same", use_bias=False)(x)
+            x = layers.GroupNormalization(groups=-1)(x)
+            x = layers.LeakyReLU()(x)
+        return x
+    inp = keras.Input((32, 32, 32, 1))
+    x, skips = inp, []
+    for l in range(cfg.levels):
+        x = double(x, f[l])
+        if l < cfg.levels - 1:
+            skips.append(x)
+            x = layers.MaxPooling3D(2)(x)
+    for l in reversed(range(cfg.levels - 1)):
+        x = layers.Conv3DTranspose(f[l], 2, strides=2)(x)
+        x = double(layers.Concatenate()([x, skips[l]]), f[l])
+    out = layers.Conv3D(8, 1)(x)
+    reference = keras.Model(inp, out).count_params()
+    assert build_maunet(cfg, 8, (32, 32, 32)).count_params() == reference

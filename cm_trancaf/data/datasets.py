@@ -15,6 +15,7 @@ An adapter lists :class:`Case` records (id, image path, label path or None); rea
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,9 @@ class LabelSet:
     name: str
     codes: tuple[int, ...]          # file codes of classes 1..K, ascending
     names: tuple[str, ...]          # short structure names, same order
+    # known quirks of public copies: (code found, code meant, where it is known from); each file
+    # that has one is read with the remap and one warning line naming it
+    quirks: tuple[tuple[int, int, str], ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -43,6 +47,12 @@ class LabelSet:
         """File codes -> uint8 classes 0..K; unknown nonzero codes raise UserError naming ``source``."""
         lut_keys = np.array((0,) + self.codes)
         values = np.unique(codes)
+        for found, meant, known in self.quirks:
+            if found in values:
+                print(f"warning: {source}: label code {found} read as {meant} "
+                      f"({self.names[self.codes.index(meant)]}), {known}", file=sys.stderr)
+                codes = np.where(codes == found, meant, codes)
+                values = np.unique(codes)
         unknown = sorted(set(values.tolist()) - set(lut_keys.tolist()))
         if unknown:
             raise UserError(f"{source}: unknown label codes {unknown[:10]} for label set "
@@ -62,7 +72,9 @@ class LabelSet:
 
 LABEL_SETS: dict[str, LabelSet] = {
     "mmwhs": LabelSet("mmwhs", (205, 420, 500, 550, 600, 820, 850),
-                      ("Myo", "LA", "LV", "RA", "RV", "AA", "PA")),
+                      ("Myo", "LA", "LV", "RA", "RV", "AA", "PA"),
+                      ((421, 420, "a known quirk of MM-WHS 2017 mr_train_1010 (public loaders "
+                                  "remap it to the left atrium)"),)),
     "mscmrseg": LabelSet("mscmrseg", (200, 500, 600), ("Myo", "LV", "RV")),
     "acdc": LabelSet("acdc", (1, 2, 3), ("RV", "Myo", "LV")),
 }

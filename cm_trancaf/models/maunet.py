@@ -88,7 +88,8 @@ class MAUNet(keras.Model):
                    for l in range(cfg.levels - 1)]
         self.gates = [AttentionGate(max(1, f[l] // 2), name=f"ag{l}") if cfg.attention_gates
                       else None for l in range(cfg.levels - 1)]
-        self.decoder = [ResidualBlock(f[l], name=f"dec{l}") for l in range(cfg.levels - 1)]
+        self.decoder = [ResidualBlock(f[l], cfg.residual, name=f"dec{l}")
+                        for l in range(cfg.levels - 1)]
         self.drop = layers.Dropout(cfg.dropout) if cfg.dropout > 0 else None
         self.head = layers.Conv3D(num_classes, 1, name="head")
         self.softmax = layers.Softmax(axis=-1, dtype="float32")
