@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     from cm_trancaf.config import apply_overrides, get_preset
     from cm_trancaf.data import phantom
     from cm_trancaf.data.preprocess import prepare
-    from cm_trancaf.train.mtn import load_generator, train_mtn, translate_volume
+    from cm_trancaf.inference import load_generator, translate_volume
+    from cm_trancaf.train.mtn import train_mtn
     import SimpleITK as sitk
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

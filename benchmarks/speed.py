@@ -63,7 +63,8 @@ def module_steps(cfg, module: str, precision: str, jit: bool):
     from cm_trancaf.models.mtn import build_mtn
     from cm_trancaf.models.scn import build_scn
     from cm_trancaf.train.mtn import _optimizers, make_mtn_steps
-    from cm_trancaf.train.scale import make_optimizer, make_step, precision_policy
+    from cm_trancaf.inference import precision_policy
+    from cm_trancaf.train.scale import make_optimizer, make_step
     rng = np.random.default_rng(0)
     strategy = tf.distribute.get_strategy()
     k = 8
@@ -88,7 +89,9 @@ def module_steps(cfg, module: str, precision: str, jit: bool):
         if module == "localizer":
             model = build_localizer(cfg.localizer)
             y = tf.constant(rng.uniform(size=shape + (1,)).astype("float32"))
-            loss_of = lambda x, y: 100.0 * heatmap_l2(y, model(x, training=True), 50.0)
+            lc = cfg.localizer
+            loss_of = lambda x, y: lc.loss_scale * heatmap_l2(y, model(x, training=True),
+                                                              lc.peak_weight)
         elif module == "maunet":
             model = build_maunet(cfg.maunet, k, size)
             y = tf.one_hot(rng.integers(0, k, shape), k)
@@ -131,7 +134,7 @@ def predict_rows(cfg_name: str, work: Path, size) -> list[dict]:
     from cm_trancaf.config import apply_overrides, get_preset
     from cm_trancaf.data import phantom
     from cm_trancaf.data.io import read_image, write_image
-    from cm_trancaf.predict import Cascade
+    from cm_trancaf.inference import Cascade
     from cm_trancaf.train.seg import train_segmentation
     run = work / f"run_{cfg_name}"
     if not (run / "scn" / "summary.json").exists():

@@ -14,11 +14,20 @@ A user error (bad file, bad option) prints one line ``cm-trancaf <cmd>: error: .
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
 from . import __version__
+from .config import ConfigError, apply_overrides, get_preset
+from .data import phantom
+from .data.datasets import get_labelset
+from .metrics import evaluate_folders
+from .reporting import format_summary
 from .utils import UserError, import_tensorflow_quietly
+
+# The stages that need TensorFlow (train-*, translate, predict, export, demo) are imported inside
+# their command, after ``main`` has muted TensorFlow's start-up lines (and ``--help`` stays fast).
 
 __all__ = ["main", "build_parser", "run_guarded"]
 
@@ -34,10 +43,10 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str = "cpu") ->
 def _add_scale_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"],
                    help="tf.distribute: one device, all local GPUs, or workers from TF_CONFIG "
-                        "(= --set train.strategy=...)")
+                        "(= --set run.strategy=...)")
     p.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"],
-                   help="mixed precision policy (= --set train.precision=...)")
-    p.add_argument("--xla", action="store_true", help="XLA-compile each step (train.jit_compile)")
+                   help="mixed precision policy (= --set run.precision=...)")
+    p.add_argument("--xla", action="store_true", help="XLA-compile each step (run.jit_compile)")
 
 
 # Data layouts whose label set and modality are known: `--layout acdc` needs no
@@ -47,20 +56,18 @@ LAYOUT_DEFAULTS = {"acdc": ["data.labels=acdc", "data.modality=mr"],
 
 
 def _config(args):
-    from .config import apply_overrides, get_preset
     extra = []
     if getattr(args, "strategy", None):
-        extra.append(f"train.strategy={args.strategy}")
+        extra.append(f"run.strategy={args.strategy}")
     if getattr(args, "precision", None):
-        extra.append(f"train.precision={args.precision}")
+        extra.append(f"run.precision={args.precision}")
     if getattr(args, "xla", False):
-        extra.append("train.jit_compile=True")
+        extra.append("run.jit_compile=True")
     implied = LAYOUT_DEFAULTS.get(getattr(args, "layout", None), [])
     return apply_overrides(get_preset(args.preset), implied + args.overrides + extra)
 
 
 def cmd_phantom(args) -> int:
-    from .data import phantom
     label_maps = None
     if args.from_labels:
         label_maps = sorted(Path(args.from_labels).glob("*_label.nii*"))
@@ -116,7 +123,7 @@ def cmd_train_mtn(args) -> int:
 
 
 def cmd_translate(args) -> int:
-    from .train.mtn import translate_folder
+    from .translate import translate_folder
     rows = translate_folder(args.run, args.input, args.out, overwrite=args.overwrite)
     print(f"translated {len(rows)} volume(s) into {args.out} (manifest.csv)")
     return 0
@@ -137,9 +144,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .data.datasets import get_labelset
-    from .metrics import evaluate_folders
-    from .reporting import format_summary
     labels = args.labels or {"acdc": "acdc", "mscmrseg": "mscmrseg"}.get(args.layout, "mmwhs")
     labelset = get_labelset(labels, _codes(args))
     _, summary = evaluate_folders(args.pred, args.gt, labelset, args.out, args.iso1mm)
@@ -179,9 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["mmwhs", "mscmrseg", "acdc", "generic", "generated"])
     p.add_argument("--sequence", default="C0", help="MS-CMRSeg sequence (C0, LGE, T2)")
     p.add_argument("--codes", help="label codes for --set data.labels=generic, e.g. 1,2,3")
-    p.add_argument("--generated", metavar="DIR", help="synthetic CT from `translate` (ratio mtn.ratio)")
+    p.add_argument("--generated", metavar="DIR", help="synthetic CT from `translate` (ratio data.ratio)")
     p.add_argument("--val-cases", metavar="ID,ID", help="case ids held out for validation "
-                   "(checkpoint selection); default: train.val_fraction (0: every case trains)")
+                   "(checkpoint selection); default: data.val_fraction (0: every case trains)")
     p.add_argument("--stage", default="all", choices=["all", "localizer", "maunet", "scn"])
     p.add_argument("--out", required=True, help="run folder (config.json, <stage>/ckpt, logs)")
     _add_config_args(p)
@@ -243,14 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run_guarded(command: str, fn) -> int:
     """Call ``fn()``; a user error (bad file, bad option, a folder that cannot be written)
     becomes one line and exit code 2; a non-finite loss one line and exit code 3."""
-    from .config import ConfigError
     try:
         return int(fn() or 0)
     except (UserError, ConfigError) as e:
         print(f"cm-trancaf {command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        import errno
         if e.errno not in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT,
                            errno.ENOENT, errno.EISDIR, errno.ENOTDIR):
             raise

@@ -14,9 +14,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .utils import atomic_write_text
+
 __all__ = [
     "DataConfig", "AugmentConfig", "CycleGANConfig", "MAUNetConfig", "SCNConfig",
-    "LocalizerConfig", "InferenceConfig", "TrainConfig", "ExperimentConfig", "PRESETS", "get_preset",
+    "LocalizerConfig", "InferenceConfig", "RunConfig", "OptimConfig", "SegTrainConfig",
+    "ExperimentConfig", "PRESETS", "get_preset",
     "apply_overrides", "save_config", "load_config", "ConfigError",
 ]
 
@@ -36,6 +39,15 @@ class DataConfig:
     enhance_amount: float = 0.5                # unsharp: weight of the high-pass added back
     ct_window: tuple[float, float] = (-1000.0, 1000.0)    # HU clipped, then scaled to [-1, 1]
     mr_percentiles: tuple[float, float] = (1.0, 99.0)     # per volume, scaled to [-1, 1]
+    # MRI written by ``translate`` (G_m): [-1, 1] onto this range, arbitrary units (the per-volume
+    # percentile normalisation has no inverse)
+    mr_output_range: tuple[float, float] = (0.0, 1000.0)
+    # the segmentation training set
+    ratio: float = 0.5                         # r: share of MTN-generated cases (SPEC: 0.5 best)
+    # share of the labelled training cases held out for validation (checkpoint selection); the
+    # paper trains on all of them (0: the last checkpoint is used). ``train-seg --val-cases``
+    # names them instead.
+    val_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,6 @@ class CycleGANConfig:
     decay_from: float = 0.5                    # linear decay to 0 over the last half of the steps
     batch_size: int = 1
     steps: int = 40000
-    ratio: float = 0.5                         # r: share of generated cases used (SPEC: 0.5 best)
     foreground: float = 0.9                    # share of patches centred inside the body, not air
                                                # (paper silent; 0: uniform centres; README table)
 
@@ -124,27 +135,34 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class RunConfig:
+    """Run-wide settings, read by every training loop (MTN, localizer, MAUNet, SCN)."""
+    seed: int = 0
+    strategy: str = "default"                  # tf.distribute: default | mirrored | multiworker
+    precision: str = "float32"                 # float32 | mixed_float16 | mixed_bfloat16
+    jit_compile: bool = False                  # XLA for each step's forward + backward pass
+    deterministic: bool = False                # TF op determinism: bitwise-identical resume
+    on_nonfinite: str = "stop"                 # NaN/Inf loss or gradient: stop | skip the step
+    log_every: int = 50                        # steps between log.csv / TensorBoard rows
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser (Adam) and schedule of one network: the localizer's (``train_localizer``)."""
     lr: float = 1e-5                           # SPEC: Adam 1e-5
     batch_size: int = 8                        # SPEC: 8
     steps: int = 40000                         # SPEC: 40,000 iterations
     lr_schedule: str = "constant"              # constant (paper) | cosine (to lr_final * lr)
     lr_final: float = 0.01                     # cosine: final lr as a fraction of lr
-    # share of the labelled training cases held out for validation (checkpoint selection); the
-    # paper trains on all of them (0: the last checkpoint is used). ``train-seg --val-cases``
-    # names them instead.
-    val_fraction: float = 0.0
+    val_every: int = 1000                      # steps between validations (if validation cases)
+    ckpt_every: int = 1000                     # steps between ``ckpt/last`` checkpoints
+
+
+@dataclass(frozen=True)
+class SegTrainConfig(OptimConfig):
+    """MAUNet and SCN (``train``): the optimiser, and the hybrid loss of SPEC module 2."""
     lambda_focal: float = 0.1                  # lambda_f of L = L_Dice + lambda_f * L_Focal
     focal_gamma: float = 2.0
-    val_every: int = 1000
-    ckpt_every: int = 1000
-    log_every: int = 50
-    seed: int = 0
-    on_nonfinite: str = "stop"                 # NaN/Inf loss or gradient: stop | skip the step
-    deterministic: bool = False                # TF op determinism: bitwise-identical resume
-    strategy: str = "default"                  # tf.distribute: default | mirrored | multiworker
-    precision: str = "float32"                 # float32 | mixed_float16 | mixed_bfloat16
-    jit_compile: bool = False                  # XLA for each step's forward + backward pass
 
 
 @dataclass(frozen=True)
@@ -157,8 +175,9 @@ class ExperimentConfig:
     scn: SCNConfig = field(default_factory=SCNConfig)
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
     infer: InferenceConfig = field(default_factory=InferenceConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)          # MAUNet and SCN
-    train_localizer: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
+    run: RunConfig = field(default_factory=RunConfig)
+    train: SegTrainConfig = field(default_factory=SegTrainConfig)     # MAUNet and SCN
+    train_localizer: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
 
 
 BASE = ExperimentConfig()
@@ -182,10 +201,10 @@ PRESETS["demo"] = _preset(
     maunet={"base_filters": 8},
     scn={"filters": 8, "kernel": (5, 5, 3)},
     localizer={"filters": 8},
-    train={"lr": 2e-3, "batch_size": 2, "steps": 400, "val_every": 100, "ckpt_every": 100,
-           "log_every": 20},
+    run={"log_every": 20},
+    train={"lr": 2e-3, "batch_size": 2, "steps": 400, "val_every": 100, "ckpt_every": 100},
     train_localizer={"lr": 2e-3, "batch_size": 4, "steps": 200, "val_every": 100,
-                     "ckpt_every": 100, "log_every": 20},
+                     "ckpt_every": 100},
 )
 # Real CT on 2 CPU cores (MM-WHS; about 25 minutes for the whole cascade): the paper's 3 mm grid
 # and 64^3 ROI, 16-filter MAUNet, cosine-decayed lr; every labelled case trains.
@@ -195,9 +214,9 @@ PRESETS["cpu"] = _preset(
     maunet={"base_filters": 16},
     scn={"steps": 300},
     train={"lr": 2e-3, "lr_schedule": "cosine", "batch_size": 2, "steps": 900,
-           "val_every": 300, "ckpt_every": 100, "log_every": 20},
+           "val_every": 300, "ckpt_every": 100},
     train_localizer={"lr": 2e-3, "lr_schedule": "cosine", "batch_size": 4, "steps": 300,
-                     "val_every": 100, "ckpt_every": 100, "log_every": 20},
+                     "val_every": 100, "ckpt_every": 100},
 )
 # Seconds: for the test suite.
 PRESETS["tiny"] = _preset(
@@ -208,8 +227,9 @@ PRESETS["tiny"] = _preset(
     maunet={"base_filters": 4},
     scn={"filters": 4, "kernel": (3, 3, 3), "spatial_convs": 1},
     localizer={"size": (16, 16, 16), "spacing_mm": 20.0, "filters": 4},
-    train={"batch_size": 2, "steps": 4, "val_every": 2, "ckpt_every": 2, "log_every": 1},
-    train_localizer={"batch_size": 2, "steps": 4, "val_every": 2, "ckpt_every": 2, "log_every": 1},
+    run={"log_every": 1},
+    train={"batch_size": 2, "steps": 4, "val_every": 2, "ckpt_every": 2},
+    train_localizer={"batch_size": 2, "steps": 4, "val_every": 2, "ckpt_every": 2},
 )
 # Real cardiac MRI (MS-CMRSeg, ACDC; experiments/mscmrseg_lge.py, acdc.py): short-axis stacks of
 # 8-18 slices 5-12 mm apart, so an anisotropic working grid and ROI (D, H, W); 3 classes.
@@ -312,7 +332,6 @@ def from_dict(d: dict, cls: type = ExperimentConfig) -> Any:
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    from .utils import atomic_write_text
     atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2) + "\n")
 
 

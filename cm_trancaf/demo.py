@@ -11,18 +11,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import apply_overrides, get_preset, save_config
+from . import plots
+from .config import apply_overrides, get_preset
 from .data import phantom
+from .data.datasets import LABEL_SETS, mmwhs_cases
+from .metrics import evaluate_folders
+from .reporting import format_summary
 
 __all__ = ["run_demo"]
 
 
 def run_demo(out: Path, preset: str = "demo", seed: int = 0, overrides=None,
              with_mtn: bool = True) -> dict:
-    from .data.datasets import LABEL_SETS
-    from .metrics import evaluate_folders
+    # the stages that need TensorFlow: imported after the CLI has muted its start-up lines
     from .predict import predict_files
-    from .reporting import format_summary
     from .train.seg import train_segmentation
     out = Path(out)
     cfg = apply_overrides(get_preset(preset), overrides)
@@ -34,7 +36,8 @@ def run_demo(out: Path, preset: str = "demo", seed: int = 0, overrides=None,
     print(f"[{time.time() - t0:5.0f}s] phantom ready: {data} (preview {out / 'phantom_preview.png'})")
     generated = None
     if with_mtn:
-        from .train.mtn import train_mtn, translate_folder
+        from .train.mtn import train_mtn
+        from .translate import translate_folder
         train_mtn(cfg, data, out / "runs" / "mtn")
         generated = out / "generated"
         translate_folder(out / "runs" / "mtn", data / "mr_train", generated)
@@ -54,9 +57,6 @@ def run_demo(out: Path, preset: str = "demo", seed: int = 0, overrides=None,
 def save_figures(out: Path, summary, data: Path) -> list[Path]:
     """Per-structure Dice bars and a qualitative panel (ROI image, truth, prediction, AG map)."""
     import matplotlib.pyplot as plt
-
-    from . import plots
-    from .data.datasets import mmwhs_cases
     (out / "figures").mkdir(parents=True, exist_ok=True)
     bars = plots.dice_bars(summary.rename_axis("structure").reset_index().assign(
         setting="CM-TranCaF (demo)"), "held-out phantom CT")

@@ -29,7 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import SimpleITK as sitk
+
+from .cli import run_guarded
 from .config import apply_overrides, get_preset, save_config
+from .data import phantom
+from .data.datasets import acdc_cases, get_labelset, mmwhs_cases, mscmrseg_cases
+from .data.io import read_image
+from .metrics import evaluate_folders
 from .utils import UserError, atomic_path, atomic_write_text, import_tensorflow_quietly
 
 __all__ = ["Setting", "Cohort", "kfold_splits", "mmwhs_cohort", "mscmrseg_cohort", "acdc_cohort",
@@ -91,11 +98,12 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
 
     The MTN learns from the cohort's target-domain images less this fold's test images (never
     seen by any training); folds whose MTN images are the same share one MTN."""
-    from .train.mtn import train_mtn, translate_folder
+    from .train.mtn import train_mtn           # TensorFlow: imported after its start-up lines are muted
+    from .translate import translate_folder
     if not cohort.source or cohort.source_dir is None:
         raise UserError(f"setting {setting.name!r} needs source-domain cases (MTN); "
                         f"{cohort.data} ({cohort.layout}) has none")
-    cfg = apply_overrides(base, [*setting.mtn_overrides, f"train.seed={seed}"])
+    cfg = apply_overrides(base, [*setting.mtn_overrides, f"run.seed={seed}"])
     tested = {c.case_id for c in test_cases}
     target = [c for c in cohort.mtn_target if c.case_id not in tested]
     key = f"{_key(setting.mtn_overrides)}_s{seed}"
@@ -124,7 +132,6 @@ def _split_ids(ids: list[str], seed: int, *sizes: int) -> list[list[str]]:
 
 def mmwhs_cohort(base, data: Path, folds: int = 0) -> Cohort:
     """MM-WHS layout: ct_train (k-fold) or ct_train / labelled ct_test; source mr_train."""
-    from .data.datasets import mmwhs_cases
     train_all = mmwhs_cases(data, base.data.modality, "train")
     if folds:
         by_id = {c.case_id: c for c in train_all}
@@ -149,7 +156,6 @@ def mscmrseg_cohort(data: Path, n_train: int = 5, n_unlabelled: int = 5, seed: i
     """MS-CMRSeg: the target patients split at random (seed) into ``n_train`` labelled training
     cases, ``n_unlabelled`` whose images only the MTN sees, and the rest for testing. Every labelled
     source case (bSSFP) is available for pooling or translation. Test images are never trained on."""
-    from .data.datasets import mscmrseg_cases
     tgt = {c.case_id: c for c in mscmrseg_cases(data, target) if c.label is not None}
     src = tuple(c for c in mscmrseg_cases(data, source) if c.label is not None)
     if len(tgt) < n_train + n_unlabelled + 1:
@@ -167,7 +173,6 @@ def mscmrseg_cohort(data: Path, n_train: int = 5, n_unlabelled: int = 5, seed: i
 def acdc_cohort(data: Path, n_test: int = 20, n_train: int | None = None, seed: int = 0) -> Cohort:
     """ACDC: ``n_test`` patients drawn at random (seed) for testing, ``n_train`` (default: all the
     others) for training. Single modality: no source domain."""
-    from .data.datasets import acdc_cases
     cases = {c.case_id: c for c in acdc_cases(data) if c.label is not None}
     if len(cases) < n_test + 2:
         raise UserError(f"{data}: {len(cases)} labelled ACDC patients, need at least {n_test + 2}")
@@ -175,38 +180,34 @@ def acdc_cohort(data: Path, n_test: int = 20, n_train: int | None = None, seed: 
     return Cohort(Path(data), (([cases[i] for i in tr], [cases[i] for i in te]),), layout="acdc")
 
 
-def _gt_center_mm(label) -> np.ndarray:
-    """Physical centre (x, y, z mm) of a label image's foreground."""
-    import SimpleITK as sitk
+def _gt_center_mm(path: Path) -> np.ndarray:
+    """Physical centre (x, y, z mm) of a label file's foreground."""
+    label = read_image(path)
     idx = np.argwhere(sitk.GetArrayViewFromImage(label) > 0).mean(0)[::-1]
     return np.asarray(label.TransformContinuousIndexToPhysicalPoint([float(v) for v in idx]))
 
 
 def _evaluate_setting(seg_dir: Path, test_cases, pred_dir: Path, labelset,
                       with_scn: bool = True) -> tuple[list[dict], list[dict]]:
-    """Per-case metric rows, and per-case centre errors (localizer, final ROI) in mm."""
-    from .data.datasets import load_case
-    from .data.io import write_image
-    from .metrics import evaluate_case
-    from .predict import Cascade
-    import SimpleITK as sitk
-    cascade = Cascade.load(seg_dir, with_scn=with_scn)
-    rows, centers = [], []
+    """The ``predict`` and ``evaluate`` stages on the test cases: per-case metric rows, and
+    per-case centre errors (localizer, final ROI) in mm."""
+    gt_dirs = {c.label.parent for c in test_cases}
+    if len(gt_dirs) != 1:
+        raise UserError(f"test labels in several folders {sorted(map(str, gt_dirs))}")
+    modality = test_cases[0].modality if test_cases[0].modality in ("ct", "mr") else None
+    from .predict import predict_files          # TensorFlow (see _generated)
+    traces = {}
+    predict_files(seg_dir, [c.image for c in test_cases], pred_dir, modality, overwrite=True,
+                  with_scn=with_scn, traces=traces)
+    ids = [c.case_id for c in test_cases]
+    df, _ = evaluate_folders(pred_dir, gt_dirs.pop(), labelset, cases=ids)
+    centers = []
     for case in test_cases:
-        image, label = load_case(case, labelset)
-        target = pred_dir / f"{case.case_id}_label.nii.gz"
-        trace = {}
-        pred = cascade.predict_image(image, case.modality if case.modality in ("ct", "mr")
-                                     else None, trace=trace)
-        write_image(pred, target)
-        pa = labelset.to_classes(sitk.GetArrayViewFromImage(pred), str(target))
-        rows += evaluate_case(pa, sitk.GetArrayFromImage(label), label.GetSpacing(), labelset,
-                              case.case_id)
-        truth = _gt_center_mm(label)
+        truth, trace = _gt_center_mm(case.label), traces[case.case_id]
         centers.append({"case": case.case_id, "passes": trace["passes"],
                         "localizer_error_mm": float(np.linalg.norm(trace["localizer_mm"] - truth)),
                         "roi_error_mm": float(np.linalg.norm(trace["roi_center_mm"] - truth))})
-    return rows, centers
+    return df.to_dict("records"), centers
 
 
 def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Path | None = None,
@@ -218,8 +219,6 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
     ``cohort`` gives the cases (MS-CMRSeg, ACDC, ...); without it, the MM-WHS layout at ``data``
     (default: the built-in phantom) with ``folds``. ``catalogue``: every setting of the
     experiment, where a setting's ``same_run_as`` is looked up (default: ``settings``)."""
-    from .data import phantom
-    from .data.datasets import get_labelset
     out = Path(out)
     work = out / "work"
     if cohort is None:
@@ -294,10 +293,10 @@ def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, trai
                    test_cases, seg_dir: Path) -> None:
     """Train the cascade of setting ``s`` (seed, fold's training cases) into ``seg_dir``; the
     fold's test cases are only named so that no training (the MTN's included) reads them."""
-    from .train.seg import train_segmentation
+    from .train.seg import train_segmentation  # TensorFlow (see _generated)
     t0 = time.time()
-    cfg = apply_overrides(base, [*s.overrides, f"train.seed={seed}",
-                                 f"mtn.ratio={s.ratio if s.mtn else 0.0}"])
+    cfg = apply_overrides(base, [*s.overrides, f"run.seed={seed}",
+                                 f"data.ratio={s.ratio if s.mtn else 0.0}"])
     if s.raw and not cohort.source:
         raise UserError(f"setting {s.name!r} pools source-domain cases; {cohort.data} "
                         f"({cohort.layout}) has none")
@@ -372,7 +371,6 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
          published: dict | None = None, dataset: str = "mmwhs", note: str | None = None,
          default_folds: int | None = None) -> int:
     """Command line shared by ``experiments/*.py``; ``dataset`` picks the cohort and its options."""
-    from .cli import run_guarded
     p = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     mmwhs = dataset == "mmwhs"

@@ -9,7 +9,7 @@
 
 The endpoints are plain TensorFlow: ``tf.saved_model.load(export_dir).segment(roi)`` works without
 this package (TF Serving, a C++ or Java runtime). Preprocessing, cropping and pasting back stay
-Python: ``Cascade.load(export_dir)`` (and so ``cm-trancaf predict --run export_dir``) runs the
+Python: ``inference.Cascade.load(export_dir)`` (and so ``cm-trancaf predict --run export_dir``) runs the
 whole-volume prediction on top of the exported endpoints and gives the run folder's labels.
 """
 from __future__ import annotations
@@ -17,23 +17,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
+import tensorflow as tf
+from keras.export import ExportArchive
 
+from .inference import Cascade
 from .utils import UserError, atomic_dir
 
-__all__ = ["export_cascade", "load_exported", "is_export"]
-
-
-def is_export(path: Path) -> bool:
-    return (Path(path) / "saved_model.pb").is_file()
+__all__ = ["export_cascade"]
 
 
 def export_cascade(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the cascade of a ``train-seg`` run folder as a SavedModel (atomically)."""
-    import tensorflow as tf
-    from keras.export import ExportArchive
-
-    from .predict import Cascade
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists():
         raise UserError(f"{out_dir}: already exists; remove it or choose another --out")
@@ -62,35 +56,3 @@ def export_cascade(run_dir: str | Path, out_dir: str | Path) -> Path:
             shutil.copyfile(run_dir / name, Path(tmp) / "assets" / name)
     print(f"exported {run_dir} -> {out_dir} (endpoints: localize, segment; K = {k})")
     return out_dir
-
-
-class _Endpoint:
-    """A SavedModel endpoint called like a Keras model: ``net(x, training=False)``."""
-
-    def __init__(self, loaded, name: str):
-        self.loaded = loaded               # keeps the SavedModel's variables alive
-        self.fn = getattr(loaded, name)
-
-    def __call__(self, x, *unused, training=False):
-        return self.fn(np.asarray(x, np.float32))
-
-
-def load_exported(path: str | Path):
-    """(config, split, localizer, segmenter) from an exported cascade."""
-    import json
-
-    import tensorflow as tf
-
-    from .config import load_config
-    path = Path(path)
-    try:
-        loaded = tf.saved_model.load(str(path))
-    except (OSError, ValueError, tf.errors.OpError) as e:
-        raise UserError(f"{path}: cannot load the SavedModel ({str(e).splitlines()[0][:160]})") \
-            from None
-    for name in ("localize", "segment"):
-        if not hasattr(loaded, name):
-            raise UserError(f"{path}: SavedModel has no '{name}' endpoint (not a cm-trancaf export)")
-    cfg = load_config(path / "assets" / "config.json")
-    split = json.loads((path / "assets" / "split.json").read_text())
-    return cfg, split, _Endpoint(loaded, "localize"), _Endpoint(loaded, "segment")

@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from .data.datasets import LabelSet
 from .data.io import check_same_grid, label_files, read_label
+from .data.preprocess import working_grid
 from .utils import UserError, atomic_path
 
 __all__ = ["overlap", "distances", "evaluate_case", "summarize", "evaluate_folders"]
@@ -99,12 +100,19 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate_folders(pred_dir, gt_dir, labelset: LabelSet, out_csv=None,
-                     iso1mm: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                     iso1mm: bool = False, cases: list[str] | None = None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pair predicted and ground-truth label maps by case id (``data.io.label_files``: any data
     set's label suffix, or the same file name in both folders); per-case rows and the summary
-    (optionally CSV). Cases found in only one folder are named in a warning and left out."""
-    from .data.preprocess import working_grid
+    (optionally CSV). Cases found in only one folder are named in a warning and left out;
+    ``cases`` restricts the evaluation to those case ids, each of which must be in both."""
     preds, gts = label_files(Path(pred_dir)), label_files(Path(gt_dir))
+    if cases is not None:
+        for folder, found in ((pred_dir, preds), (gt_dir, gts)):
+            missing = sorted(set(cases) - set(found))
+            if missing:
+                raise UserError(f"{folder}: no label file for case(s) {missing[:10]}")
+        preds, gts = ({c: d[c] for c in cases} for d in (preds, gts))
     common = sorted(set(preds) & set(gts))
     if not common:
         raise UserError(f"no case ids in common between {pred_dir} ({sorted(preds)[:3]} ...) "

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
+
+from .data.io import read_image, read_label
+from .data.preprocess import crop, prepare, resample_labels
 
 __all__ = ["load_summary", "dice_bars", "ratio_curve", "ablation_heatmap", "qualitative"]
 
@@ -102,11 +106,7 @@ def ablation_heatmap(summary, title: str = ""):
 
 def qualitative(run_dir, image_path, label_path=None, modality: str | None = None):
     """Mid-slices through the ROI: image, ground truth, prediction and the finest AG map."""
-    import SimpleITK as sitk
-    from .data.io import read_image
-    from .data.preprocess import crop, prepare, resample_labels
-    from .predict import Cascade
-    from .train.seg import locate
+    from .inference import Cascade, locate      # TensorFlow: only for this figure
     plt = _plt()
     c = Cascade.load(run_dir)
     k = c.labelset.num_classes
@@ -121,7 +121,6 @@ def qualitative(run_dir, image_path, label_path=None, modality: str | None = Non
     pred = np.argmax(np.asarray(probs)[0], -1)
     panels = [(roi, "image", "gray"), (pred, "prediction", "tab10")]
     if label_path is not None:
-        from .data.io import read_label
         lab = read_label(label_path, c.labelset.codes)
         classes = sitk.GetImageFromArray(c.labelset.to_classes(sitk.GetArrayViewFromImage(lab)))
         classes.CopyInformation(lab)

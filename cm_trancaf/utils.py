@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,7 +41,6 @@ def atomic_path(path: str | Path, suffix: str | None = None):
 def atomic_dir(path: str | Path):
     """Yield a temporary folder next to ``path``; rename it to ``path`` (which must not exist)
     only if the block succeeds, else remove it."""
-    import shutil
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -64,7 +65,6 @@ def import_tensorflow_quietly(verbose: bool = False) -> None:
         import tensorflow as tf
         tf.config.list_logical_devices()
         return
-    import sys
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)

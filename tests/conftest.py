@@ -43,6 +43,6 @@ def mtn_run(tiny_phantom, tmp_path_factory) -> Path:
     from cm_trancaf.config import apply_overrides, get_preset
     from cm_trancaf.train.mtn import train_mtn
     run = tmp_path_factory.mktemp("mtn")
-    cfg = apply_overrides(get_preset("tiny"), ["mtn.steps=40", "train.log_every=1", "mtn.lr=0.002"])
+    cfg = apply_overrides(get_preset("tiny"), ["mtn.steps=40", "run.log_every=1", "mtn.lr=0.002"])
     train_mtn(cfg, tiny_phantom, run)
     return run

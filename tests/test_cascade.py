@@ -8,7 +8,8 @@ import SimpleITK as sitk
 
 from cm_trancaf.config import apply_overrides, get_preset
 from cm_trancaf.data.io import Geometry
-from cm_trancaf.predict import Cascade, predict_files
+from cm_trancaf.inference import Cascade
+from cm_trancaf.predict import predict_files
 from cm_trancaf.train.seg import train_segmentation
 
 
@@ -46,7 +47,7 @@ def test_heart_partly_outside_the_field_of_view(seg_run, tiny_phantom, tmp_path)
 
 
 def test_maunet_loss_falls_on_a_phantom(tiny_phantom, tmp_path):
-    cfg = apply_overrides(get_preset("tiny"), ["train.steps=30", "train.log_every=1",
+    cfg = apply_overrides(get_preset("tiny"), ["train.steps=30", "run.log_every=1",
                                                "train.val_every=100", "train.lr=0.003"])
     train_segmentation(cfg, tiny_phantom, tmp_path, stages=("maunet",))
     import pandas as pd
@@ -153,7 +154,7 @@ def test_every_labelled_case_trains_unless_validation_is_asked(tiny_phantom, tmp
     assert split(tmp_path / "named")["val"] == [ids[0]]
     assert (tmp_path / "named" / "localizer" / "val.csv").exists()
     # a fraction, as before
-    cfg_frac = apply_overrides(cfg, ["train.val_fraction=0.2"])
+    cfg_frac = apply_overrides(cfg, ["data.val_fraction=0.2"])
     train_segmentation(cfg_frac, tiny_phantom, tmp_path / "frac", stages=("localizer",))
     assert split(tmp_path / "frac")["val"] == ids[-1:]
     with pytest.raises(UserError, match="not among the training cases"):
@@ -196,3 +197,60 @@ def test_known_label_quirk_trains_with_one_warning_unknown_code_stops_first(tiny
     err = [l for l in capfd.readouterr().err.splitlines() if "error" in l]
     assert rc == 2 and len(err) == 1 and str(case.label) in err[0] and "999" in err[0]
     assert not (tmp_path / "run2").exists()
+
+
+def _write_dicom_series(image: sitk.Image, folder) -> None:
+    """One int16 CT slice file per z, with the geometry tags a scanner writes (DICOM PS3.3
+    C.7.6.2: image position and orientation, pixel spacing)."""
+    folder.mkdir(parents=True)
+    direction = image.GetDirection()
+    series = "1.2.826.0.1.3680043.2.1125.1.1"
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(image.GetDepth()):
+        s = image[:, :, z]
+        pos = image.TransformIndexToPhysicalPoint((0, 0, z))
+        tags = {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": series,
+                "0008|0018": f"{series}.{z + 1}", "0020|0013": str(z + 1),
+                "0020|0032": "\\".join(f"{p:.6f}" for p in pos),
+                "0020|0037": "\\".join(f"{d:.6f}" for d in (direction[0], direction[3],
+                                                            direction[6], direction[1],
+                                                            direction[4], direction[7])),
+                "0028|0030": "\\".join(f"{v:.6f}" for v in image.GetSpacing()[1::-1]),
+                "0018|0050": f"{image.GetSpacing()[2]:.6f}"}
+        for k, v in tags.items():
+            s.SetMetaData(k, v)
+        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
+        writer.Execute(s)
+
+
+def test_dicom_series_predicts_the_labels_of_its_nifti(seg_run, tiny_phantom, tmp_path):
+    src = sitk.ReadImage(str(tiny_phantom / "ct_test" / "ct_test_2001_image.nii.gz"))
+    ct = sitk.GetImageFromArray(np.round(sitk.GetArrayFromImage(src)).astype(np.int16))
+    ct.CopyInformation(src)                                    # int16: what a scanner stores
+    ct.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    (tmp_path / "nifti").mkdir()
+    sitk.WriteImage(ct, str(tmp_path / "nifti" / "case7_image.nii.gz"))
+    _write_dicom_series(ct, tmp_path / "dicom" / "case7")
+    a = predict_files(seg_run, tmp_path / "nifti", tmp_path / "pred_nifti")
+    b = predict_files(seg_run, tmp_path / "dicom", tmp_path / "pred_dicom")   # a folder of series
+    assert [p.name for p in a] == [p.name for p in b] == ["case7_label.nii.gz"]
+    la, lb = (sitk.ReadImage(str(p[0])) for p in (a, b))
+    ga, gb = Geometry.of(la), Geometry.of(lb)
+    assert ga.size == gb.size and np.allclose(ga.origin, gb.origin, atol=1e-4)
+    assert np.allclose(ga.spacing, gb.spacing, atol=1e-5) and ga.direction == gb.direction
+    arr = sitk.GetArrayFromImage(la)
+    assert (arr > 0).sum() > 100                                  # a heart was found
+    np.testing.assert_array_equal(arr, sitk.GetArrayFromImage(lb))
+    # a folder with two series is one error line naming it
+    _write_dicom_series(ct[:, :, :5], tmp_path / "two")
+    other = tmp_path / "two" / "slice000.dcm"
+    img = sitk.ReadImage(str(other))
+    img.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.9")
+    w = sitk.ImageFileWriter()
+    w.KeepOriginalImageUIDOn()
+    w.SetFileName(str(other))
+    w.Execute(img)
+    from cm_trancaf.utils import UserError
+    with pytest.raises(UserError, match="2 DICOM series"):
+        predict_files(seg_run, tmp_path / "two", tmp_path / "pred_two")

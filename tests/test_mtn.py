@@ -8,7 +8,9 @@ import SimpleITK as sitk
 
 from cm_trancaf.config import apply_overrides, get_preset
 from cm_trancaf.data.io import Geometry
-from cm_trancaf.train.mtn import load_generator, lr_at, train_mtn, translate_folder, translate_volume
+from cm_trancaf.inference import load_generator, translate_volume
+from cm_trancaf.train.mtn import lr_at, train_mtn
+from cm_trancaf.translate import translate_folder
 from cm_trancaf.utils import UserError
 
 

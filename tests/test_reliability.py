@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from cm_trancaf.cli import main
 from cm_trancaf.data.io import write_image
-from cm_trancaf.train.loop import NonFiniteError, Run, apply_if_finite, restore, train_loop
+from cm_trancaf.checkpoint import restore
+from cm_trancaf.train.loop import NonFiniteError, Run, apply_if_finite, train_loop
 
 CLI = [sys.executable, "-m", "cm_trancaf.cli"]
 
@@ -47,7 +48,7 @@ def _run_killed(cmd, log_csv: Path, min_rows: int, timeout=240) -> None:
 
 @pytest.mark.parametrize("stage", ["maunet", "mtn"])
 def test_sigkill_then_resume_equals_uninterrupted_run(stage, tiny_phantom, tmp_path):
-    common = ["--preset", "tiny", "--set", "train.deterministic=True", "--set", "train.log_every=1"]
+    common = ["--preset", "tiny", "--set", "run.deterministic=True", "--set", "run.log_every=1"]
     if stage == "maunet":
         common += ["--data", str(tiny_phantom), "--stage", "maunet", "--set", "train.steps=30",
                    "--set", "train.ckpt_every=5", "--set", "train.val_every=1000"]
@@ -87,8 +88,9 @@ def _toy(tmp_path, batches, policy="stop", steps=6):
         grads = tape.gradient(loss, model.trainable_variables)
         return {"loss": loss, "nonfinite": apply_if_finite(opt, loss, grads,
                                                            model.trainable_variables)}
-    run = Run(tmp_path, steps, 1, 100, 1, 1, {"model": model, "optimizer": opt}, None, "loss",
-              False, "toy", on_nonfinite=policy)
+    run = Run(run_dir=tmp_path, steps=steps, log_every=1, val_every=100, ckpt_every=1,
+              batch_size=1, objects={"model": model, "optimizer": opt}, metric="loss",
+              higher_is_better=False, desc="toy", on_nonfinite=policy)
     return model, run, step, (lambda start: iter(batches[start:]))
 
 

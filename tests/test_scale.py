@@ -16,8 +16,9 @@ import tensorflow as tf
 
 from cm_trancaf.config import apply_overrides, get_preset
 from cm_trancaf.models.maunet import build_maunet
-from cm_trancaf.train.loop import restore
-from cm_trancaf.train.scale import make_optimizer, make_step, precision_policy
+from cm_trancaf.checkpoint import restore
+from cm_trancaf.inference import precision_policy
+from cm_trancaf.train.scale import make_optimizer, make_step
 
 CLI = [sys.executable, "-m", "cm_trancaf.cli"]
 
@@ -48,11 +49,11 @@ MIRRORED = textwrap.dedent("""
     seg._adam = lambda lr: keras.optimizers.SGD(lr)
     root, out = Path(sys.argv[1]), Path(sys.argv[2])
     for strategy in ("default", "mirrored"):
-        cfg = apply_overrides(get_preset("tiny"), [f"train.strategy={strategy}", "train.steps=1",
-                              "train.batch_size=4", "train.log_every=1", "train.val_every=100",
+        cfg = apply_overrides(get_preset("tiny"), [f"run.strategy={strategy}", "train.steps=1",
+                              "train.batch_size=4", "run.log_every=1", "train.val_every=100",
                               "train.lr=0.5"])
         seg.train_segmentation(cfg, root, out / strategy, stages=("maunet",))
-    keras.utils.set_random_seed(cfg.train.seed)          # the initial weights of both runs
+    keras.utils.set_random_seed(cfg.run.seed)          # the initial weights of both runs
     init = build_maunet(cfg.maunet, 8, cfg.data.roi_size).get_weights()
     np.savez(out / "init.npz", *init)
     from cm_trancaf.train.scale import get_strategy

@@ -1,5 +1,8 @@
 """Volume I/O with SimpleITK: read, validate, keep the geometry, write back atomically.
 
+Inputs: any 3D file SimpleITK reads (NIfTI, MHA, NRRD, ...) or a folder holding one DICOM series
+(SimpleITK's series reader, slices sorted by GDCM); outputs are NIfTI.
+
 Arrays follow SimpleITK's numpy order ``(D, H, W) = (z, y, x)``; physical coordinates and
 spacings are ``(x, y, z)`` in mm (ITK's LPS world). Every read is validated and every problem
 raises :class:`~cm_trancaf.utils.UserError` naming the file and the problem.
@@ -17,7 +20,8 @@ import SimpleITK as sitk
 from ..utils import UserError, atomic_path
 
 __all__ = ["Geometry", "read_image", "read_label", "write_image", "check_same_grid", "quiet_itk",
-           "case_id_of", "list_images", "label_files", "IMAGE_EXTENSIONS", "LABEL_SUFFIXES"]
+           "case_id_of", "list_images", "label_files", "dicom_series", "IMAGE_EXTENSIONS",
+           "LABEL_SUFFIXES"]
 
 
 def quiet_itk() -> None:
@@ -101,12 +105,39 @@ def _check_nifti(path: Path) -> int:
     return 0
 
 
+def dicom_series(folder: Path) -> list[str] | None:
+    """The files of the one DICOM series in ``folder``, sorted along the slice normal (GDCM);
+    None when the folder holds no DICOM series; UserError when it holds several."""
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        return None
+    if len(ids) > 1:
+        raise UserError(f"{folder}: {len(ids)} DICOM series in one folder ({', '.join(ids[:3])}"
+                        f"{' ...' if len(ids) > 3 else ''}); put each series in its own folder")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+
+
+def _read_dicom(folder: Path, files: list[str], what: str) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "unknown error")
+        raise UserError(f"{folder}: not a readable DICOM series ({what}; {first[:200]})") from None
+    _validate_geometry(image, folder)
+    return image
+
+
 def _read(path: str | Path, what: str) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file ({what})")
     if path.is_dir():
-        raise UserError(f"{path}: is a folder, expected a {what} file")
+        files = dicom_series(path)
+        if files is None:
+            raise UserError(f"{path}: is a folder without a DICOM series, expected a {what} file")
+        return _read_dicom(path, files, what)
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file ({what})")
     nonfinite = 0
@@ -234,14 +265,20 @@ def label_files(folder: Path) -> dict[str, Path]:
 
 
 def list_images(path: Path) -> list[Path]:
-    """An image file, or the images of a folder (label maps ``*_label``, ``*_mask``, ... left out)."""
+    """An image file, a DICOM series folder, or the images of a folder: its image files (label
+    maps ``*_label``, ``*_mask``, ... left out) and its sub-folders that hold a DICOM series.
+    A series folder's case id is the folder's name."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.iterdir() if p.name.endswith(IMAGE_EXTENSIONS)
-                   and not any(f"{s}." in p.name or f"{s}_" in p.name for s in LABEL_SUFFIXES))
+    if dicom_series(path) is not None:
+        return [path]
+    files = sorted(p for p in path.iterdir() if (p.name.endswith(IMAGE_EXTENSIONS) and not any(
+        f"{s}." in p.name or f"{s}_" in p.name for s in LABEL_SUFFIXES)) or (
+        p.is_dir() and dicom_series(p) is not None))
     if not files:
-        raise UserError(f"{path}: no image files (.nii.gz, .nii, .mha, .nrrd) in this folder")
+        raise UserError(f"{path}: no image files (.nii.gz, .nii, .mha, .nrrd) or DICOM series "
+                        f"in this folder")
     return files

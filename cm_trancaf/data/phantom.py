@@ -23,8 +23,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .datasets import LABEL_SETS, load_case, Case
+from .datasets import LABEL_SETS, Case, load_case, mmwhs_cases
 from .io import Geometry, write_image
+from .preprocess import foreground_center, index_to_mm, resample, resample_labels, working_grid
 
 __all__ = ["Anatomy", "random_rotation", "random_anatomy", "label_anatomy", "sample", "render_ct",
            "render_mr", "phantom_grid", "make_case", "write_dataset", "preview"]
@@ -80,7 +81,6 @@ def label_anatomy(label_path: str | Path, rng: np.random.Generator,
                   spacing: float = 1.5) -> Anatomy:
     """A real MM-WHS label map, randomly rotated/scaled (affine) and elastically deformed."""
     _, lab = load_case(Case("src", Path(label_path), Path(label_path)), LABEL_SETS["mmwhs"])
-    from .preprocess import working_grid, resample_labels, foreground_center, index_to_mm
     grid = working_grid(lab, (spacing,) * 3)
     arr = sitk.GetArrayFromImage(resample_labels(lab, grid, 8, "nearest"))
     center_idx = foreground_center(arr)
@@ -304,8 +304,6 @@ def preview(root: str | Path, out_png: str | Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .preprocess import working_grid, resample, resample_labels, foreground_center
-    from .datasets import mmwhs_cases
     root = Path(root)
     fig, axes = plt.subplots(2, 3, figsize=(12, 8))
     for row, mod in enumerate(("ct", "mr")):

@@ -12,11 +12,10 @@ Run folder: ``config.json``, ``ckpt/last/``, ``ckpt/best/``, ``log.csv``, ``tb/`
 ``summary.json``. Resume: the last checkpoint gives the step; the data pipeline restarts at sample
 ``step * batch`` (its samples are seeded by index), so a resumed run sees the same data. A
 checkpoint that cannot be read (half-written, corrupt) is skipped for the previous one, with a
-warning. With ``train.deterministic`` (TF op determinism) a killed and resumed run ends with the
+warning. With ``run.deterministic`` (TF op determinism) a killed and resumed run ends with the
 same weights, bit for bit, as an uninterrupted one (``tests/test_reliability.py``).
 
-Checkpoints hold a flat map of variables keyed by creation order: Keras 3 layers kept in Python
-lists are not tracked by ``tf.train.Checkpoint`` through the model object.
+Checkpoint I/O (the flat variable maps, fallback past unreadable checkpoints): ``checkpoint``.
 """
 from __future__ import annotations
 
@@ -32,10 +31,10 @@ import keras
 import tensorflow as tf
 from tqdm import tqdm
 
+from ..checkpoint import restore_latest, variables_checkpoint
 from ..utils import UserError, atomic_write_text
 
-__all__ = ["variables_checkpoint", "Run", "train_loop", "restore", "apply_if_finite",
-           "NonFiniteError"]
+__all__ = ["Run", "train_loop", "apply_if_finite", "NonFiniteError"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -78,64 +77,7 @@ def apply_if_finite(optimizer, loss, grads, variables, apply_grads=None):
     return ctx.merge_call(cross_replica, args=(bad, to_apply))
 
 
-def _readable(path: str) -> bool:
-    """Whether every tensor of a checkpoint can be read (a half-written one cannot)."""
-    try:
-        reader = tf.train.load_checkpoint(path)
-        for name in reader.get_variable_to_shape_map():
-            reader.get_tensor(name)
-        return True
-    except Exception:  # noqa: BLE001 - any failure to read means "not readable"
-        return False
-
-
-def _restore_latest(ckpt, directory: Path, warn: bool = True) -> str | None:
-    """Restore the newest readable checkpoint in ``directory`` (newest first); its path or None."""
-    state = tf.train.get_checkpoint_state(str(directory))
-    if state is None:
-        return None
-    paths = list(state.all_model_checkpoint_paths or [state.model_checkpoint_path])[::-1]
-    for path in paths:
-        try:
-            ckpt.restore(path).expect_partial().assert_existing_objects_matched()
-            return path
-        except (AssertionError, tf.errors.OpError, ValueError, IndexError, OSError) as e:
-            if _readable(path):                # intact, but holds another architecture
-                raise UserError(f"{path}: checkpoint does not match this model/config "
-                                f"({str(e).splitlines()[0][:160]})") from None
-            if warn:                           # truncated or corrupt: try the previous one
-                import warnings
-                warnings.warn(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:120]}); "
-                              f"trying the previous one", stacklevel=2)
-    raise UserError(f"{directory}: no readable checkpoint (tried {len(paths)})")
-
-
-def _vars(obj) -> dict:
-    # keyed by creation order (+ the variable's own name for readability): Keras numbers unnamed
-    # layers per process, so paths differ between two builds of the same architecture
-    return {f"v{i:04d}_{v.name}": v.value if isinstance(getattr(v, "value", None), tf.Variable)
-            else v for i, v in enumerate(obj.variables)}
-
-
-def variables_checkpoint(**objects) -> tf.train.Checkpoint:
-    """A ``tf.train.Checkpoint`` over the variables of Keras models/optimizers and tf.Variables."""
-    parts = {}
-    for name, obj in objects.items():
-        parts[name] = obj if isinstance(obj, tf.Variable) else tf.train.Checkpoint(**_vars(obj))
-    return tf.train.Checkpoint(**parts)
-
-
-def restore(run_dir: Path, which: str = "best", **objects) -> int:
-    """Restore models from ``run_dir/ckpt/<which>`` (falls back to last); returns the step."""
-    step = tf.Variable(0, dtype=tf.int64)
-    ckpt = variables_checkpoint(step=step, **objects)
-    for name in (which, "last"):
-        if _restore_latest(ckpt, Path(run_dir) / "ckpt" / name):
-            return int(step.numpy())
-    raise UserError(f"{run_dir}: no checkpoint found (expected ckpt/{which} or ckpt/last)")
-
-
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """What a training loop needs besides the step function."""
     run_dir: Path
@@ -159,7 +101,7 @@ class Run:
 def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callable) -> dict:
     """Run (or resume) training; returns the summary written to ``summary.json``."""
     if run.on_nonfinite not in ("stop", "skip"):
-        raise UserError(f"train.on_nonfinite must be stop|skip, got {run.on_nonfinite!r}")
+        raise UserError(f"run.on_nonfinite must be stop|skip, got {run.on_nonfinite!r}")
     if run.deterministic:
         tf.config.experimental.enable_op_determinism()
     run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +111,7 @@ def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callabl
     best = tf.train.CheckpointManager(ckpt, str(run.run_dir / "ckpt" / "best"), max_to_keep=1)
     best_value = -math.inf if run.higher_is_better else math.inf
     state_file = run.run_dir / "best.json"
-    if _restore_latest(ckpt, run.run_dir / "ckpt" / "last"):
+    if restore_latest(ckpt, run.run_dir / "ckpt" / "last"):
         if run.on_restore is not None:
             run.on_restore()
         if state_file.exists():

@@ -1,9 +1,9 @@
 """Scale and speed options of every training loop: tf.distribute strategy, mixed precision, XLA.
 
-    train.strategy     default (one device) | mirrored (all local GPUs, else all logical CPUs) |
+    run.strategy     default (one device) | mirrored (all local GPUs, else all logical CPUs) |
                        multiworker (MultiWorkerMirroredStrategy, cluster from TF_CONFIG)
-    train.precision    float32 | mixed_float16 (dynamic loss scaling) | mixed_bfloat16
-    train.jit_compile  XLA for the forward and backward pass of each step
+    run.precision    float32 | mixed_float16 (dynamic loss scaling) | mixed_bfloat16
+    run.jit_compile  XLA for the forward and backward pass of each step
 
 A step is built by :func:`make_step` from a loss function of one replica's batch:
 
@@ -19,7 +19,6 @@ Softmax, the localizer head and every loss stay float32 under mixed precision.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Callable
 
@@ -27,19 +26,18 @@ import keras
 import tensorflow as tf
 
 from ..utils import UserError
+from .loop import apply_if_finite
 
-__all__ = ["STRATEGIES", "PRECISIONS", "get_strategy", "precision_policy", "make_optimizer",
-           "make_step", "scatter", "distribute"]
+__all__ = ["STRATEGIES", "get_strategy", "make_optimizer", "make_step", "scatter", "distribute"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 _CACHE: dict[str, tf.distribute.Strategy] = {}
 
 
 def get_strategy(name: str) -> tf.distribute.Strategy:
     """The strategy of that name (created once per process, as TF requires for multiworker)."""
     if name not in STRATEGIES:
-        raise UserError(f"train.strategy must be one of {STRATEGIES}, got {name!r}")
+        raise UserError(f"run.strategy must be one of {STRATEGIES}, got {name!r}")
     if name not in _CACHE:
         if name == "default":
             _CACHE[name] = tf.distribute.get_strategy()
@@ -50,23 +48,10 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
                 devices, cross_device_ops=None if gpus else tf.distribute.ReductionToOneDevice())
         else:
             if "TF_CONFIG" not in os.environ:
-                raise UserError("train.strategy=multiworker needs the cluster in TF_CONFIG "
+                raise UserError("run.strategy=multiworker needs the cluster in TF_CONFIG "
                                 "(see README, 'Several GPUs and machines')")
             _CACHE[name] = tf.distribute.MultiWorkerMirroredStrategy()
     return _CACHE[name]
-
-
-@contextlib.contextmanager
-def precision_policy(name: str):
-    """Keras' global dtype policy while the models are built, restored afterwards."""
-    if name not in PRECISIONS:
-        raise UserError(f"train.precision must be one of {PRECISIONS}, got {name!r}")
-    old = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(old)
 
 
 def make_optimizer(optimizer, precision: str):
@@ -77,7 +62,6 @@ def make_optimizer(optimizer, precision: str):
 
 
 def _apply_if_finite(optimizer, loss, grads, variables):
-    from .loop import apply_if_finite
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         # overflowing float16 gradients are the loss scaler's business (it lowers the scale and
         # skips the update); only a non-finite loss is an error

@@ -23,19 +23,21 @@ import tensorflow as tf
 
 from ..config import ExperimentConfig, save_config
 from ..data.datasets import Case, LabelSet, find_cases, generated_cases, get_labelset, load_case
-from ..data.pipeline import localizer_dataset, localizer_input, roi_dataset
+from ..data.pipeline import localizer_dataset, roi_dataset
 from ..data.preprocess import Prepared, crop, foreground_center, prepare
+from ..checkpoint import restore
+from ..inference import center_errors_mm, precision_policy, segment_roi
 from ..losses import dice_focal, heatmap_l2
-from ..models.localizer import build_localizer, heatmap_peak
+from ..metrics import overlap
+from ..models.localizer import build_localizer
 from ..models.maunet import build_maunet
 from ..models.scn import build_scn
 from ..utils import UserError, atomic_write_text
 from .loop import Run, train_loop
-from .scale import distribute, get_strategy, make_optimizer, make_step, precision_policy
+from .scale import distribute, get_strategy, make_optimizer, make_step
 
 __all__ = ["prepare_cases", "split_cases", "pick_generated", "train_localizer", "train_maunet",
-           "train_scn", "train_segmentation", "locate", "segment_roi", "dice_per_class",
-           "center_errors_mm", "lr_schedule"]
+           "train_scn", "train_segmentation", "lr_schedule"]
 
 STAGES = ("localizer", "maunet", "scn")
 
@@ -60,7 +62,7 @@ def split_cases(cases: list[Case], val_fraction: float = 0.0,
         return ([c for c in cases if c.case_id not in set(val_ids)],
                 [c for c in cases if c.case_id in set(val_ids)])
     if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"train.val_fraction must be in [0, 1), got {val_fraction}")
+        raise UserError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
     n_val = 0 if len(cases) < 2 or val_fraction == 0 else max(1, math.ceil(val_fraction * len(cases)))
     return cases[: len(cases) - n_val], cases[len(cases) - n_val:]
 
@@ -88,63 +90,31 @@ def pick_generated(cases: list[Case], ratio: float, seed: int) -> list[Case]:
     return [cases[i] for i in sorted(order[:k])]
 
 
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
-    """Dice of each foreground class; 1 when a class is absent from both."""
-    out = []
-    for k in range(1, num_classes):
-        a, b = pred == k, truth == k
-        s = a.sum() + b.sum()
-        out.append(1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s)
-    return np.asarray(out)
-
-
-def locate(localizer, case: Prepared, cfg: ExperimentConfig) -> np.ndarray:
-    """Heart centre (working-grid index, D H W) predicted by the localizer."""
-    size = cfg.localizer.size
-    img, m, ctr = localizer_input(case, size, cfg.localizer.spacing_mm)
-    hm = np.asarray(localizer(img[None, ..., None], training=False))[0, ..., 0]
-    return ctr + m @ (heatmap_peak(hm) - np.asarray(size) // 2)
-
-
-def segment_roi(maunet, scn, roi: np.ndarray, clock: Callable | None = None) -> np.ndarray:
-    """Class probabilities (D, H, W, K) of an ROI image (D, H, W): MAUNet, then SCN if given.
-    ``clock(name)``, if given, is called after "maunet" and "scn" (``predict --profile``)."""
-    x = roi[None, ..., None].astype(np.float32)
-    probs = maunet(x, training=False)
-    if clock is not None:
-        np.asarray(probs)                                   # wait for the result
-        clock("maunet")
-    if scn is not None:
-        probs = scn(probs, x, training=False)
-    probs = np.asarray(probs, np.float32)[0]
-    if clock is not None:
-        clock("scn")
-    return probs
-
-
 def _adam(lr):
     return keras.optimizers.Adam(learning_rate=lr)
 
 
 def _build(cfg: ExperimentConfig, lr: float, build: Callable, extra: list | None = None):
     """(strategy, model, optimizer) built under the strategy's scope and the precision policy of
-    ``cfg.train`` (every loop uses its strategy, precision and jit_compile); the optimizer
+    ``cfg.run`` (every loop uses its strategy, precision and jit_compile); the optimizer
     updates the model's weights and ``extra`` ones."""
-    t = cfg.train
-    strategy = get_strategy(t.strategy)
-    with strategy.scope(), precision_policy(t.precision):
+    r = cfg.run
+    strategy = get_strategy(r.strategy)
+    with strategy.scope(), precision_policy(r.precision):
         model = build()
-        opt = make_optimizer(_adam(lr), t.precision)
+        opt = make_optimizer(_adam(lr), r.precision)
         opt.build(model.trainable_variables + list(extra or []))
     return strategy, model, opt
 
 
-def _run(cfg_train, run_dir, objects, validate, metric, higher, desc, batch):
-    """A ``Run``; ``validate`` None (no validation cases): the last checkpoint is the one used."""
-    return Run(Path(run_dir), cfg_train.steps, cfg_train.log_every, cfg_train.val_every,
-               cfg_train.ckpt_every, batch, objects, validate, metric, higher, desc,
-               schedule=lr_schedule(cfg_train, objects["optimizer"]),
-               on_nonfinite=cfg_train.on_nonfinite, deterministic=cfg_train.deterministic)
+def _run(cfg: ExperimentConfig, t, run_dir, objects, validate, metric, higher, desc):
+    """The ``Run`` of one network (optimiser settings ``t``, run-wide ``cfg.run``); ``validate``
+    None (no validation cases): the last checkpoint is the one used."""
+    return Run(run_dir=Path(run_dir), steps=t.steps, log_every=cfg.run.log_every,
+               val_every=t.val_every, ckpt_every=t.ckpt_every, batch_size=t.batch_size,
+               objects=objects, validate=validate, metric=metric, higher_is_better=higher,
+               desc=desc, schedule=lr_schedule(t, objects["optimizer"]),
+               on_nonfinite=cfg.run.on_nonfinite, deterministic=cfg.run.deterministic)
 
 
 def train_localizer(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepared],
@@ -161,19 +131,13 @@ def train_localizer(cfg: ExperimentConfig, train: list[Prepared], val: list[Prep
         return {"val/center_error_mm": float(np.mean(err)),
                 "val/center_error_max_mm": float(np.max(err))}
 
-    step = make_step(strategy, loss_fn, model.trainable_variables, opt, cfg.train.jit_compile)
+    step = make_step(strategy, loss_fn, model.trainable_variables, opt, cfg.run.jit_compile)
     batches = lambda start: distribute(strategy, localizer_dataset(
-        train, lc.size, lc.spacing_mm, lc.sigma_mm, cfg.augment, t.batch_size, t.seed, start,
-        lc.center_jitter_mm))
-    run = _run(t, run_dir, {"model": model, "optimizer": opt}, validate if val else None,
-               "val/center_error_mm", False, "localizer", t.batch_size)
+        train, lc.size, lc.spacing_mm, lc.sigma_mm, cfg.augment, t.batch_size, cfg.run.seed,
+        start, lc.center_jitter_mm))
+    run = _run(cfg, t, run_dir, {"model": model, "optimizer": opt}, validate if val else None,
+               "val/center_error_mm", False, "localizer")
     return train_loop(run, batches, step)
-
-
-def center_errors_mm(localizer, cases: list[Prepared], cfg: ExperimentConfig) -> np.ndarray:
-    """Distance (mm) between the localizer's heart centre and the label map's, per case."""
-    return np.array([np.linalg.norm((locate(localizer, c, cfg) - foreground_center(c.label))
-                                    * np.asarray(c.grid.spacing)[::-1]) for c in cases])
 
 
 def _roi_dice(maunet, scn, cases: list[Prepared], cfg: ExperimentConfig, num_classes: int):
@@ -183,7 +147,7 @@ def _roi_dice(maunet, scn, cases: list[Prepared], cfg: ExperimentConfig, num_cla
         roi, _ = crop(c.image, center, cfg.data.roi_size, fill=-1.0)
         lab, _ = crop(c.label, center, cfg.data.roi_size, fill=0)
         pred = np.argmax(segment_roi(maunet, scn, roi), -1)
-        dice.append(dice_per_class(pred, lab, num_classes))
+        dice.append([overlap(pred == k, lab == k)[0] for k in range(1, num_classes)])
     return {"val/dice": float(np.mean(dice))}
 
 
@@ -197,12 +161,12 @@ def train_maunet(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepare
         loss = dice_focal(y, model(x, training=True), t.lambda_focal, t.focal_gamma)
         return loss, {"loss/dice_focal": loss}
 
-    step = make_step(strategy, loss_fn, model.trainable_variables, opt, t.jit_compile)
+    step = make_step(strategy, loss_fn, model.trainable_variables, opt, cfg.run.jit_compile)
     batches = lambda start: distribute(strategy, roi_dataset(
-        train, cfg.data.roi_size, num_classes, cfg.augment, t.batch_size, t.seed, start))
-    run = _run(t, run_dir, {"model": model, "optimizer": opt},
+        train, cfg.data.roi_size, num_classes, cfg.augment, t.batch_size, cfg.run.seed, start))
+    run = _run(cfg, t, run_dir, {"model": model, "optimizer": opt},
                (lambda: _roi_dice(model, None, val, cfg, num_classes)) if val else None,
-               "val/dice", True, "maunet", t.batch_size)
+               "val/dice", True, "maunet")
     return train_loop(run, batches, step)
 
 
@@ -226,15 +190,15 @@ def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Pr
         loss = dice_focal(y, scn(probs, x, training=True), t.lambda_focal, t.focal_gamma)
         return loss, {"loss/dice_focal": loss}
 
-    step = make_step(strategy, loss_fn, variables, opt, t.jit_compile)
+    step = make_step(strategy, loss_fn, variables, opt, cfg.run.jit_compile)
     batches = lambda start: distribute(strategy, roi_dataset(
-        train, cfg.data.roi_size, num_classes, cfg.augment, t.batch_size, t.seed + 1, start))
+        train, cfg.data.roi_size, num_classes, cfg.augment, t.batch_size, cfg.run.seed + 1, start))
     objects = {"model": scn, "optimizer": opt}
     if joint:
         objects["maunet"] = maunet
-    run = _run(t, run_dir, objects,
+    run = _run(cfg, t, run_dir, objects,
                (lambda: _roi_dice(maunet, scn, val, cfg, num_classes)) if val else None,
-               "val/dice", True, "scn", t.batch_size)
+               "val/dice", True, "scn")
     return train_loop(run, batches, step)
 
 
@@ -247,10 +211,9 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
 
     ``cases`` (optional) replaces the data set's training cases, e.g. the training folds of a
     cross-validation. Validation cases (checkpoint selection): ``val_ids``, else the last
-    ``train.val_fraction`` of the cases (default none: all train, the last checkpoint is used).
+    ``data.val_fraction`` of the cases (default none: all train, the last checkpoint is used).
     ``extra`` cases (e.g. another MRI sequence,
     pooled untranslated) train MAUNet and SCN like generated ones and never validate."""
-    from .loop import restore
     run_dir = Path(run_dir)
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -263,10 +226,10 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
     if any(c.label is None for c in cases):
         missing = [str(c.image) for c in cases if c.label is None][:3]
         raise UserError(f"training cases without label maps: {missing}")
-    train_cases, val_cases = split_cases(cases, cfg.train.val_fraction, val_ids)
+    train_cases, val_cases = split_cases(cases, cfg.data.val_fraction, val_ids)
     generated_used = []
     if generated is not None:
-        generated_used = pick_generated(generated_cases(generated), cfg.mtn.ratio, cfg.train.seed)
+        generated_used = pick_generated(generated_cases(generated), cfg.data.ratio, cfg.run.seed)
     pooled = list(extra or [])
     if any(c.label is None for c in pooled):
         raise UserError(f"extra training cases without label maps: "
@@ -282,7 +245,7 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
         "train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases],
         "generated": [c.case_id for c in generated_used], "pooled": [c.case_id for c in pooled]},
         indent=2))
-    keras.utils.set_random_seed(cfg.train.seed)
+    keras.utils.set_random_seed(cfg.run.seed)
     k = labelset.num_classes
     out = {}
     if "localizer" in stages:
@@ -290,7 +253,7 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
     if "maunet" in stages or ("scn" in stages and cfg.scn.enabled):
         if "maunet" in stages:
             out["maunet"] = train_maunet(cfg, train, val, run_dir / "maunet", k)
-        with get_strategy(cfg.train.strategy).scope():
+        with get_strategy(cfg.run.strategy).scope():
             maunet = build_maunet(cfg.maunet, k, cfg.data.roi_size)
         restore(run_dir / "maunet", "best", model=maunet)
         if "scn" in stages and cfg.scn.enabled:

@@ -1,0 +1,300 @@
+"""The cascade's inference: what training validates with and what ``predict`` runs.
+
+    heart centre   locate(localizer, prepared case)             localizer heatmap peak
+    ROI            segment_roi(maunet, scn, roi)                MAUNet, then SCN (D, H, W, K)
+    whole volume   Cascade.load(run or export).predict_image     working grid -> localizer ->
+                   ROI (re-centred on the first segmentation) -> probabilities pasted back onto
+                   the input's exact grid -> label codes
+    MTN            load_generator(run), translate_volume(G_c, volume)   sliding window, no seams
+
+Above the data, models and checkpoint layers; below training (which validates with ``locate`` and
+``segment_roi``) and the stages ``predict``, ``translate`` and ``export``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import SimpleITK as sitk
+import tensorflow as tf
+
+from .checkpoint import restore
+from .config import ExperimentConfig, load_config
+from .data.datasets import LabelSet, get_labelset
+from .data.pipeline import localizer_input
+from .data.preprocess import (Prepared, crop, foreground_center, index_to_mm, paste, prepare,
+                              probs_to_source, to_source)
+from .models.localizer import build_localizer, heatmap_peak
+from .models.maunet import build_maunet
+from .models.mtn import build_mtn
+from .models.scn import build_scn
+from .utils import UserError
+
+__all__ = ["PRECISIONS", "precision_policy", "locate", "segment_roi", "center_errors_mm",
+           "Cascade", "is_export", "load_exported", "load_generator", "translate_volume",
+           "denormalize"]
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@contextlib.contextmanager
+def precision_policy(name: str):
+    """Keras' global dtype policy while the models are built, restored afterwards."""
+    if name not in PRECISIONS:
+        raise UserError(f"run.precision must be one of {PRECISIONS}, got {name!r}")
+    old = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(old)
+
+
+def locate(localizer, case: Prepared, cfg: ExperimentConfig) -> np.ndarray:
+    """Heart centre (working-grid index, D H W) predicted by the localizer."""
+    size = cfg.localizer.size
+    img, m, ctr = localizer_input(case, size, cfg.localizer.spacing_mm)
+    hm = np.asarray(localizer(img[None, ..., None], training=False))[0, ..., 0]
+    return ctr + m @ (heatmap_peak(hm) - np.asarray(size) // 2)
+
+
+def segment_roi(maunet, scn, roi: np.ndarray, clock: Callable | None = None) -> np.ndarray:
+    """Class probabilities (D, H, W, K) of an ROI image (D, H, W): MAUNet, then SCN if given.
+    ``clock(name)``, if given, is called after "maunet" and "scn" (``predict --profile``)."""
+    x = roi[None, ..., None].astype(np.float32)
+    probs = maunet(x, training=False)
+    if clock is not None:
+        np.asarray(probs)                                   # wait for the result
+        clock("maunet")
+    if scn is not None:
+        probs = scn(probs, x, training=False)
+    probs = np.asarray(probs, np.float32)[0]
+    if clock is not None:
+        clock("scn")
+    return probs
+
+
+def center_errors_mm(localizer, cases: list[Prepared], cfg: ExperimentConfig) -> np.ndarray:
+    """Distance (mm) between the localizer's heart centre and the label map's, per case."""
+    return np.array([np.linalg.norm((locate(localizer, c, cfg) - foreground_center(c.label))
+                                    * np.asarray(c.grid.spacing)[::-1]) for c in cases])
+
+
+@dataclass
+class Cascade:
+    cfg: ExperimentConfig
+    labelset: LabelSet
+    localizer: object
+    maunet: object
+    scn: object | None
+
+    @classmethod
+    def load(cls, run_dir: str | Path, precision: str = "float32",
+             jit_compile: bool = False, with_scn: bool = True) -> "Cascade":
+        """The cascade of a ``train-seg`` run (or ``export`` folder). ``precision`` (float32 |
+        mixed_bfloat16 | mixed_float16, GPU) and ``jit_compile`` (XLA) speed up the networks.
+        ``with_scn=False``: the run's MAUNet alone (a paired SCN ablation: same MAUNet)."""
+        run_dir = Path(run_dir)
+        if is_export(run_dir):             # a SavedModel from ``cm-trancaf export``
+            cfg, split, localizer, segmenter = load_exported(run_dir)
+            labelset = get_labelset(split["labels"], tuple(split["codes"]))
+            return cls(cfg, labelset, localizer, segmenter, None)
+        if not (run_dir / "config.json").is_file():
+            raise UserError(f"{run_dir}: not a train-seg run folder (no config.json)")
+        cfg = load_config(run_dir / "config.json")
+        split = json.loads((run_dir / "split.json").read_text())
+        labelset = get_labelset(split["labels"], tuple(split["codes"]))
+        if not with_scn:
+            cfg = replace(cfg, scn=replace(cfg.scn, enabled=False))
+        with precision_policy(precision):
+            localizer, maunet, scn = _restore_networks(run_dir, cfg, labelset.num_classes)
+        if jit_compile:
+            localizer, maunet = (_jit(m) for m in (localizer, maunet))
+            scn = _jit(scn) if scn is not None else None
+        return cls(cfg, labelset, localizer, maunet, scn)
+
+    def segment(self, prep: Prepared, center=None, profile: dict | None = None,
+                trace: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Working-grid class map, ROI probabilities (D, H, W, K) and the ROI start index;
+        ``profile`` receives the seconds of localize, crop, maunet, scn, paste; ``trace`` the
+        localizer's centre and the final ROI centre (mm, x y z) and the number of passes.
+
+        After the first pass the ROI is re-centred on the segmented heart and segmented again
+        (``infer.refine_passes`` times): a heart the localizer placed off-centre, partly outside
+        the ROI, is then seen whole."""
+        clock = _Clock(profile)
+        if center is None:
+            center = locate(self.localizer, prep, self.cfg)
+        clock("localize")
+        for attempt in range(1 + max(0, self.cfg.infer.refine_passes)):
+            if attempt:
+                fg = np.argmax(probs, -1) > 0
+                if not fg.any():
+                    break
+                new = start + foreground_center(fg)
+                if np.all(np.abs(new - center) < 1.0):      # already centred: done
+                    break
+                center = new
+            roi, start = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0)
+            clock("crop")
+            probs = segment_roi(self.maunet, self.scn, roi, clock)
+            if trace is not None:
+                trace["passes"] = attempt + 1
+                trace.setdefault("localizer_mm", index_to_mm(prep.grid, center))
+                trace["roi_center_mm"] = index_to_mm(prep.grid, center)
+        classes = paste(np.argmax(probs, -1).astype(np.uint8), start, prep.image.shape, 0)
+        clock("paste")
+        return classes, probs, start
+
+    def predict_image(self, image: sitk.Image, modality: str | None = None,
+                      profile: dict | None = None, with_probs: bool = False,
+                      trace: dict | None = None):
+        """Label map in the data set's codes on ``image``'s exact grid; with ``with_probs`` also
+        the ROI probabilities as an image on the working grid. ``profile`` receives the seconds
+        of each stage (preprocess, localize, crop, maunet, scn, paste, paste_back)."""
+        clock = _Clock(profile)
+        prep = prepare(image, None, self.cfg.data, modality or self.cfg.data.modality,
+                       self.labelset.num_classes)
+        clock("preprocess")
+        classes, probs, start = self.segment(prep, profile=profile, trace=trace)
+        clock.reset()
+        if self.cfg.infer.paste_back == "probs":
+            out = probs_to_source(probs, start, prep)
+        elif self.cfg.infer.paste_back == "nearest":
+            out = to_source(classes, prep, self.labelset.num_classes)
+        else:
+            raise UserError(f"infer.paste_back must be probs|nearest, got "
+                            f"{self.cfg.infer.paste_back!r}")
+        codes = sitk.GetImageFromArray(self.labelset.to_codes(sitk.GetArrayViewFromImage(out)))
+        codes.CopyInformation(out)
+        clock("paste_back")
+        if not with_probs:
+            return codes
+        p = sitk.GetImageFromArray(probs.astype(np.float32), isVector=True)
+        p.SetSpacing(prep.grid.spacing)
+        p.SetOrigin(tuple(np.asarray(prep.grid.origin) + np.asarray(start)[::-1] * prep.grid.spacing))
+        return codes, p
+
+
+class _Clock:
+    """``clock(name)`` adds the seconds since the last call to ``profile[name]`` (if a dict)."""
+
+    def __init__(self, profile: dict | None):
+        self.profile, self.t = profile, time.perf_counter()
+
+    def reset(self):
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.profile is not None:
+            self.profile[name] = self.profile.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+def _restore_networks(run_dir: Path, cfg: ExperimentConfig, k: int):
+    localizer = build_localizer(cfg.localizer)
+    restore(run_dir / "localizer", "best", model=localizer)
+    maunet = build_maunet(cfg.maunet, k, cfg.data.roi_size)
+    scn = None
+    if cfg.scn.enabled and (run_dir / "scn" / "ckpt").exists():
+        scn = build_scn(cfg.scn, k, cfg.data.roi_size)
+        if cfg.scn.freeze_maunet:
+            restore(run_dir / "maunet", "best", model=maunet)
+            restore(run_dir / "scn", "best", model=scn)
+        else:
+            restore(run_dir / "scn", "best", model=scn, maunet=maunet)
+    else:
+        restore(run_dir / "maunet", "best", model=maunet)
+    return localizer, maunet, scn
+
+
+def _jit(model):
+    """An XLA-compiled inference call of ``model`` (same signature, ``training`` ignored)."""
+    fn = tf.function(lambda *xs: model(*xs, training=False), jit_compile=True)
+    return lambda *xs, training=False: fn(*xs)
+
+
+def is_export(path: Path) -> bool:
+    return (Path(path) / "saved_model.pb").is_file()
+
+
+class _Endpoint:
+    """A SavedModel endpoint called like a Keras model: ``net(x, training=False)``."""
+
+    def __init__(self, loaded, name: str):
+        self.loaded = loaded               # keeps the SavedModel's variables alive
+        self.fn = getattr(loaded, name)
+
+    def __call__(self, x, *unused, training=False):
+        return self.fn(np.asarray(x, np.float32))
+
+
+def load_exported(path: str | Path):
+    """(config, split, localizer, segmenter) from an exported cascade."""
+    path = Path(path)
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        raise UserError(f"{path}: cannot load the SavedModel ({str(e).splitlines()[0][:160]})") \
+            from None
+    for name in ("localize", "segment"):
+        if not hasattr(loaded, name):
+            raise UserError(f"{path}: SavedModel has no '{name}' endpoint (not a cm-trancaf export)")
+    cfg = load_config(path / "assets" / "config.json")
+    split = json.loads((path / "assets" / "split.json").read_text())
+    return cfg, split, _Endpoint(loaded, "localize"), _Endpoint(loaded, "segment")
+
+
+def load_generator(run_dir: Path):
+    """(config, mtn.json, G_c) of a ``train-mtn`` run: the generator source -> target."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "mtn.json").is_file():
+        raise UserError(f"{run_dir}: not a train-mtn run folder (no mtn.json)")
+    cfg = load_config(run_dir / "config.json")
+    meta = json.loads((run_dir / "mtn.json").read_text())
+    nets = build_mtn(cfg.mtn)
+    restore(run_dir, "last", **nets)
+    return cfg, meta, nets["G_c"]
+
+
+def _window(size) -> np.ndarray:
+    """Separable blending weights, high in the middle, small but > 0 at the border."""
+    w = [np.sin(np.linspace(0.5, s - 0.5, s) * np.pi / s) + 1e-3 for s in size]
+    return (w[0][:, None, None] * w[1][None, :, None] * w[2][None, None, :]).astype(np.float32)
+
+
+def translate_volume(generator, vol: np.ndarray, patch_size, batch: int = 4) -> np.ndarray:
+    """Sliding-window G(vol) with half-patch overlap and smooth blending (no seams)."""
+    ps = np.asarray(patch_size)
+    shape = np.maximum(np.asarray(vol.shape), ps)
+    padded = np.full(tuple(shape), -1.0, np.float32)
+    padded[: vol.shape[0], : vol.shape[1], : vol.shape[2]] = vol
+    starts = [sorted(set(list(range(0, n - p + 1, max(1, p // 2))) + [n - p]))
+              for n, p in zip(shape, ps)]
+    corners = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+    acc, wsum, w = np.zeros(tuple(shape), np.float32), np.zeros(tuple(shape), np.float32), _window(ps)
+    for i in range(0, len(corners), batch):
+        group = corners[i:i + batch]
+        x = np.stack([padded[a:a + ps[0], b:b + ps[1], c:c + ps[2]] for a, b, c in group])[..., None]
+        y = np.asarray(generator(x, training=False))[..., 0]
+        for (a, b, c), out in zip(group, y):
+            acc[a:a + ps[0], b:b + ps[1], c:c + ps[2]] += out * w
+            wsum[a:a + ps[0], b:b + ps[1], c:c + ps[2]] += w
+    return (acc / wsum)[: vol.shape[0], : vol.shape[1], : vol.shape[2]]
+
+
+def denormalize(y: np.ndarray, modality: str, cfg: ExperimentConfig) -> np.ndarray:
+    """Network intensities in [-1, 1] back to the modality's units: CT onto ``data.ct_window``
+    (HU), the inverse of its normalisation; MRI, normalised per volume (no inverse), onto
+    ``data.mr_output_range`` (arbitrary units)."""
+    lo, hi = cfg.data.ct_window if modality == "ct" else cfg.data.mr_output_range
+    return ((y + 1.0) / 2.0 * (hi - lo) + lo).astype(np.float32)
+
+
