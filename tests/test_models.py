@@ -12,6 +12,12 @@ from cm_trancaf.models.mtn import ImagePool, build_mtn
 from cm_trancaf.models.scn import build_scn
 
 CFG = get_preset("tiny")
+PINNED = {  # parameter counts with 8 classes (regression pins: change them with the architecture)
+    "tiny": {"maunet": 91196, "scn": 3916, "localizer": 20121, "G_c": 25353, "G_m": 25353,
+             "D_c": 11573, "D_m": 11573},
+    "paper": {"maunet": 1449740, "scn": 1078448, "localizer": 318945, "G_c": 5887041,
+              "G_m": 5887041, "D_c": 2771873, "D_m": 2771873},
+}
 X = np.random.default_rng(0).normal(size=(2, 32, 32, 32, 1)).astype("float32")
 
 
@@ -66,12 +72,26 @@ def test_pab_is_identity_when_gamma_is_zero_and_not_otherwise():
     assert np.abs(np.asarray(pab(x)) - x).max() > 1e-3
 
 
-def test_attention_gate_scales_the_skip():
+def test_attention_gate_against_oktays_formula_in_numpy():
+    """alpha = sigmoid(psi^T relu(W_x^T x + W_g^T g + b_g) + b_psi) per voxel (Oktay et al. 2018,
+    eq. 1-2, 1x1x1 convolutions as matrix products), output alpha * x; computed here from the
+    gate's own weights, independently of Keras."""
+    rng = np.random.default_rng(2)
     ag = AttentionGate(4)
-    x = np.ones((1, 8, 8, 8, 6), "float32")
-    g = np.random.default_rng(2).normal(size=(1, 8, 8, 8, 6)).astype("float32")
-    gated, alpha = ag(x, g)
-    np.testing.assert_allclose(np.asarray(gated), np.asarray(alpha) * x, rtol=1e-6)
+    x = rng.normal(size=(2, 4, 4, 4, 6)).astype("float32")
+    g = rng.normal(size=(2, 4, 4, 4, 5)).astype("float32")
+    ag(x, g)
+    ag.phi.bias.assign(rng.normal(size=4).astype("float32"))     # non-zero biases: tested too
+    ag.psi.bias.assign(rng.normal(size=1).astype("float32"))
+    w_x = np.asarray(ag.theta.kernel)[0, 0, 0]                     # (6, 4)
+    w_g, b_g = np.asarray(ag.phi.kernel)[0, 0, 0], np.asarray(ag.phi.bias)
+    w_psi, b_psi = np.asarray(ag.psi.kernel)[0, 0, 0], np.asarray(ag.psi.bias)
+    q = np.maximum(x @ w_x + g @ w_g + b_g, 0.0)
+    alpha = 1.0 / (1.0 + np.exp(-(q @ w_psi + b_psi)))            # (2, 4, 4, 4, 1)
+    gated, got_alpha = ag(x, g)
+    np.testing.assert_allclose(np.asarray(got_alpha), alpha, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(gated), alpha * x, rtol=1e-5, atol=1e-6)
+    assert alpha.std() > 0.01                                      # not a constant gate
 
 
 def test_scn_outputs_a_distribution_and_its_parts():
@@ -83,6 +103,17 @@ def test_scn_outputs_a_distribution_and_its_parts():
     assert np.asarray(spatial).min() >= -1 and np.asarray(spatial).max() <= 1
     with_image = build_scn(dataclasses.replace(CFG.scn, use_image=True), 8, (32, 32, 32))
     assert with_image.count_params() > scn.count_params()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+def test_pinned_parameter_counts_of_every_network(preset):
+    """An architecture change (a layer, a width, a kernel) shows up here for each network."""
+    cfg = get_preset(preset)
+    counts = {"maunet": build_maunet(cfg.maunet, 8, cfg.data.roi_size).count_params(),
+              "scn": build_scn(cfg.scn, 8, cfg.data.roi_size).count_params(),
+              "localizer": build_localizer(cfg.localizer).count_params(),
+              **{k: v.count_params() for k, v in build_mtn(cfg.mtn).items()}}
+    assert counts == PINNED[preset]
 
 
 def test_localizer_and_peak():

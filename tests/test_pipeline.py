@@ -62,11 +62,23 @@ def test_identity_transform_is_a_plain_crop():
 
 
 def test_localizer_batches_peak_at_the_heart(tiny_phantom):
-    cases = _prepared(tiny_phantom)
+    """Without augmentation or jitter a view is centred on the volume centre c at 20 mm per
+    voxel, so the label map's centre t must peak at size // 2 + (t - c) * spacing / 20."""
+    from cm_trancaf.data.preprocess import foreground_center
+    from cm_trancaf.models.localizer import heatmap_peak
+    cases = _prepared(tiny_phantom)[:1]
     img, hm = next(iter(localizer_dataset(cases, (16, 16, 16), 20.0, 15.0,
-                                          AugmentConfig(rotate_deg=0, scale=0), 2, seed=0)))
+                                          AugmentConfig(rotate_deg=0, scale=0), 2, seed=0,
+                                          jitter_mm=0.0)))
     assert img.shape == hm.shape == (2, 16, 16, 16, 1)
-    assert float(hm.numpy().max()) > 0.5
+    c = cases[0]
+    sp = np.asarray(c.grid.spacing)[::-1]
+    t, centre = foreground_center(c.label), (np.asarray(c.image.shape) - 1) / 2
+    expected = 8 + (t - centre) * sp / 20.0
+    assert np.abs(expected - 8).max() > 0.3                   # the heart is off the view centre
+    for h in hm.numpy()[..., 0]:
+        assert h.max() > 0.5
+        np.testing.assert_allclose(heatmap_peak(h), expected, atol=0.5)
 
 
 def test_foreground_patches_land_inside_the_body():
