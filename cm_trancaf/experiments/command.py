@@ -1,0 +1,81 @@
+"""The command line shared by ``experiments/*.py`` (one list of settings per script)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..cli import run_guarded
+from ..config import apply_overrides, get_preset
+from ..utils import UserError, import_tensorflow_quietly
+from .cohorts import acdc_cohort, mscmrseg_cohort
+from .runner import Setting, run_experiment
+
+__all__ = ["main"]
+
+
+DATASETS = {
+    "mmwhs": ("MM-WHS root (ct_train/, mr_train/); default: the built-in phantom", None),
+    "mscmrseg": ("MS-CMRSeg root (C0/, LGE/), e.g. ../shared/data/mscmrseg", "mscmrseg"),
+    "acdc": ("ACDC root (images/, masks/), e.g. ../shared/data/acdc", "acdc"),
+}
+
+
+def main(name: str, settings: list[Setting], argv=None, doc: str = "",
+         published: dict | None = None, dataset: str = "mmwhs", note: str | None = None,
+         default_folds: int | None = None) -> int:
+    """Command line shared by ``experiments/*.py``; ``dataset`` picks the cohort and its options."""
+    p = argparse.ArgumentParser(prog=f"experiments/{name}.py", description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    mmwhs = dataset == "mmwhs"
+    p.add_argument("--preset", default=None,
+                   help="paper (GPU) | cpu (real CT, 2 CPU cores; the default with --data) | "
+                   "demo (the phantom's default) | tiny" if mmwhs else
+                   "cmr (GPU) | cmr_cpu (2 CPU cores, the default) | tiny")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data", required=not mmwhs, help=DATASETS[dataset][0])
+    if mmwhs:
+        p.add_argument("--folds", type=int, default=None,
+                       help="K-fold cross-validation on ct_train (default: 5 with --data, else 0 = "
+                            "the phantom's labelled ct_test)")
+    if dataset == "mscmrseg":
+        p.add_argument("--n-train", type=int, default=5, help="labelled target (LGE) patients")
+        p.add_argument("--n-unlabelled", type=int, default=5,
+                       help="target patients whose images (only) the MTN learns from")
+        p.add_argument("--source", default="C0", help="source sequence with labels")
+        p.add_argument("--target", default="LGE", help="target sequence; the rest is tested")
+    if dataset == "acdc":
+        p.add_argument("--n-test", type=int, default=20, help="held-out test patients")
+        p.add_argument("--n-train", type=int, default=None,
+                       help="training patients (default: all the others)")
+    if not mmwhs:
+        p.add_argument("--split-seed", type=int, default=0, help="seed of the patient split")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per setting (mean +- std over all)")
+    p.add_argument("--only", action="append", help="run only these settings (repeatable)")
+    p.add_argument("--out", default="results", help="results root")
+    p.add_argument("--run", help="run name (default: the preset)")
+    p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log lines")
+    args = p.parse_args(argv)
+    import_tensorflow_quietly(args.verbose)
+
+    def go():
+        labels = DATASETS[dataset][1]
+        fixed = [f"data.labels={labels}", "data.modality=mr"] if labels else []
+        preset = args.preset or ("cmr_cpu" if not mmwhs else "cpu" if args.data else "demo")
+        base = apply_overrides(get_preset(preset), fixed + args.overrides)
+        chosen = [s for s in settings if not args.only or s.name in args.only]
+        if not chosen:
+            raise UserError(f"--only {args.only}: no such setting; have {[s.name for s in settings]}")
+        cohort, folds = None, 0
+        if dataset == "mscmrseg":
+            cohort = mscmrseg_cohort(Path(args.data), args.n_train, args.n_unlabelled,
+                                     args.split_seed, args.source, args.target)
+        elif dataset == "acdc":
+            cohort = acdc_cohort(Path(args.data), args.n_test, args.n_train, args.split_seed)
+        else:
+            folds = args.folds if args.folds is not None else (
+                (default_folds or 5) if args.data else 0)
+        run_experiment(name, chosen, base, Path(args.out) / name / (args.run or preset),
+                       Path(args.data) if args.data else None, args.seeds, folds, published,
+                       cohort, note, settings)
+        return 0
+    return run_guarded(name, go)

@@ -1,0 +1,60 @@
+"""Summaries and the paper-shaped markdown table of an experiment's per-case rows."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["STRUCTURES", "PUBLISHED", "summarize_experiment", "markdown_table"]
+
+STRUCTURES = ("LV", "RV", "LA", "RA", "Myo", "AA", "PA")
+# Published numbers (CM-TranCaF paper, MM-WHS 2017 CT test set; SPEC "Results to reproduce").
+PUBLISHED = {"CM-TranCaF (paper)": {"WHS_mean dice": 91.1, "WHS_mean hd_mm": 14.386}}
+
+
+def summarize_experiment(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std (over test cases x seeds x folds) per setting and structure."""
+    metrics = [m for m in ("dice", "jaccard", "hd_mm", "hd95_mm", "assd_mm") if m in df]
+    g = df.groupby(["setting", "structure"], sort=False)[metrics]
+    out = g.mean().add_suffix("_mean").join(g.std(ddof=0).add_suffix("_std"))
+    out["n"] = g.size()
+    return out.reset_index()
+
+
+def markdown_table(summary: pd.DataFrame, order: list[str], published: dict | None = None,
+                   note: str | None = None) -> str:
+    """Rows: settings. Columns: Dice % per structure (and HD mm per structure when there are at
+    most 4, as for the 3-class cardiac MRI sets), then the mean over structures (Dice, Jaccard, HD)
+    and the generalised Dice. Published rows use the same column keys, e.g. ``"LV dice"``."""
+    present = set(summary["structure"]) - {"WHS_mean", "WHS_generalised"}
+    structures = [c for c in STRUCTURES if c in present] + sorted(present - set(STRUCTURES))
+    cols = [f"{c} dice" for c in structures]
+    head = [f"{c} Dice %" for c in structures]
+    if len(structures) <= 4:
+        cols += [f"{c} hd_mm" for c in structures]
+        head += [f"{c} HD mm" for c in structures]
+    cols += ["WHS_mean dice", "WHS_mean jaccard", "WHS_mean hd_mm", "WHS_generalised dice"]
+    head = ["setting", *head, "mean Dice %", "mean Jaccard %", "mean HD mm", "generalised Dice %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    s = summary.set_index(["setting", "structure"])
+    for name in order:
+        cells = [name]
+        for col in cols:
+            structure, metric = col.split(" ")
+            try:
+                mean, std = s.loc[(name, structure), f"{metric}_mean"], s.loc[(name, structure),
+                                                                              f"{metric}_std"]
+            except KeyError:
+                cells.append("-")
+                continue
+            scale = 1 if metric == "hd_mm" else 100
+            cells.append("-" if not np.isfinite(mean) else f"{mean * scale:.1f} ± {std * scale:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    for name, values in (published or {}).items():
+        cells = [name] + [f"{values[c]:g}" if c in values else "" for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Mean ± std over test cases (x seeds x folds). mean = WHS_mean, the mean over the "
+                 f"{len(structures)} structures; generalised = volume-weighted Dice. "
+                 + (note if note is not None else "Published rows: MM-WHS 2017 CT test set, not "
+                    "comparable with phantom results."))
+    return "\n".join(lines)

@@ -1,0 +1,233 @@
+"""The experiment runner: a table of the paper is a list of settings, run by one runner.
+
+A *setting* is a set of config overrides (``--set`` syntax) plus whether the training set is
+enlarged with MTN-generated CT at ratio r. For every seed and fold, each setting trains the
+cascade (``train_segmentation``), predicts the test cases and evaluates them; MTN runs are shared
+by the settings that use the same MTN config.
+
+    results/<experiment>/<run>/
+      config.json       base config (preset + --set), as every run folder
+      settings.json     the settings, seeds, folds and data of this experiment
+      per_case.csv      setting, seed, fold, case, structure, dice, jaccard, hd_mm, hd95_mm, ...
+      per_case_1mm.csv  the same at 1 mm isotropic (the MM-WHS challenge's evaluation grid)
+      centers.csv       setting, seed, fold, case, localizer and final ROI centre errors (mm), passes
+      summary.csv       per setting and structure: mean and std over test cases x seeds
+      summary_1mm.csv   the same at 1 mm
+      table.md          the paper-shaped tables (Dice %, Jaccard %, HD mm), native grid and 1 mm,
+                        published numbers beside
+      work/             phantom, mtn/, generated/, seg/, pred/  (re-running skips finished parts)
+
+Evaluation: with ``--folds K`` a K-fold cross-validation over the labelled training set (MM-WHS
+test labels are not public); with ``--folds 0`` the labelled ``ct_test`` cases (the phantom's).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from ..config import apply_overrides, save_config
+from ..data import phantom
+from ..data.datasets import get_labelset
+from ..data.io import read_image
+from ..metrics import evaluate_folders
+from ..utils import UserError, atomic_path, atomic_write_text
+from .cohorts import Cohort, mmwhs_cohort
+from .report import markdown_table, summarize_experiment
+
+__all__ = ["Setting", "run_experiment"]
+
+PHANTOM_CASES = (6, 6, 4)          # the built-in phantom's CT train, MRI train and CT test cases
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    overrides: tuple[str, ...] = ()          # e.g. ("maunet.pab=False", "scn.enabled=False")
+    mtn: bool = False                        # add MTN-generated CT (G_c(MRI) + MRI labels)
+    ratio: float = 0.5                       # r: share of the generated cases used
+    mtn_overrides: tuple[str, ...] = ()      # e.g. ("mtn.lam=5",): an MTN run of its own
+    raw: bool = False                        # add the labelled source cases untranslated (naive pooling)
+    # evaluate the trained cascade of the named setting instead of training one (a paired
+    # ablation of inference-time switches: "SCN off" = the same MAUNet without its SCN)
+    same_run_as: str | None = None
+
+
+def _key(items) -> str:
+    return hashlib.sha1(json.dumps(list(items)).encode()).hexdigest()[:8] if items else "default"
+
+
+def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
+               test_cases=()) -> Path:
+    """Train (once) the MTN of this setting and translate the labelled source cases; the folder.
+
+    The MTN learns from the cohort's target-domain images less this fold's test images (never
+    seen by any training); folds whose MTN images are the same share one MTN."""
+    # the stages that need TensorFlow: imported after its start-up lines are muted (command)
+    from ..train.mtn import train_mtn
+    from ..translate import translate_folder
+    if not cohort.source or cohort.source_dir is None:
+        raise UserError(f"setting {setting.name!r} needs source-domain cases (MTN); "
+                        f"{cohort.data} ({cohort.layout}) has none")
+    cfg = apply_overrides(base, [*setting.mtn_overrides, f"run.seed={seed}"])
+    tested = {c.case_id for c in test_cases}
+    target = [c for c in cohort.mtn_target if c.case_id not in tested]
+    key = f"{_key(setting.mtn_overrides)}_s{seed}"
+    if len(target) < len(cohort.mtn_target):
+        key += f"_{_key([c.case_id for c in target])}"      # one MTN per set of target images
+    run, out = work / "mtn" / key, work / "generated" / key
+    if not (run / "summary.json").exists():
+        train_mtn(cfg, cohort.data, run, layout=cohort.layout,
+                  cases=(list(cohort.source), target))
+    if not (out / "manifest.csv").exists():
+        translate_folder(run, cohort.source_dir, out)
+    return out
+
+
+def _gt_center_mm(path: Path) -> np.ndarray:
+    """Physical centre (x, y, z mm) of a label file's foreground."""
+    label = read_image(path)
+    idx = np.argwhere(sitk.GetArrayViewFromImage(label) > 0).mean(0)[::-1]
+    return np.asarray(label.TransformContinuousIndexToPhysicalPoint([float(v) for v in idx]))
+
+
+def _evaluate_setting(seg_dir: Path, test_cases, pred_dir: Path, labelset,
+                      with_scn: bool = True) -> tuple[list[dict], list[dict], list[dict]]:
+    """The ``predict`` and ``evaluate`` stages on the test cases: per-case metric rows on the
+    native grid and at 1 mm isotropic (nearest neighbour, as the MM-WHS challenge evaluated),
+    and per-case centre errors (localizer, final ROI) in mm."""
+    gt_dirs = {c.label.parent for c in test_cases}
+    if len(gt_dirs) != 1:
+        raise UserError(f"test labels in several folders {sorted(map(str, gt_dirs))}")
+    modality = test_cases[0].modality if test_cases[0].modality in ("ct", "mr") else None
+    from ..predict import predict_files         # TensorFlow (see _generated)
+    traces = {}
+    predict_files(seg_dir, [c.image for c in test_cases], pred_dir, modality, overwrite=True,
+                  with_scn=with_scn, traces=traces)
+    ids = [c.case_id for c in test_cases]
+    gt_dir = gt_dirs.pop()
+    df, _ = evaluate_folders(pred_dir, gt_dir, labelset, cases=ids)
+    df_1mm, _ = evaluate_folders(pred_dir, gt_dir, labelset, iso1mm=True, cases=ids)
+    centers = []
+    for case in test_cases:
+        truth, trace = _gt_center_mm(case.label), traces[case.case_id]
+        centers.append({"case": case.case_id, "passes": trace["passes"],
+                        "localizer_error_mm": float(np.linalg.norm(trace["localizer_mm"] - truth)),
+                        "roi_error_mm": float(np.linalg.norm(trace["roi_center_mm"] - truth))})
+    return df.to_dict("records"), df_1mm.to_dict("records"), centers
+
+
+def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Path | None = None,
+                   seeds: int = 1, folds: int = 0, published: dict | None = None,
+                   cohort: Cohort | None = None, note: str | None = None,
+                   catalogue: list[Setting] | None = None) -> pd.DataFrame:
+    """Run every setting x seed x fold; write the results folder; return the per-case rows.
+
+    ``cohort`` gives the cases (MS-CMRSeg, ACDC, ...); without it, the MM-WHS layout at ``data``
+    (default: the built-in phantom) with ``folds``. ``catalogue``: every setting of the
+    experiment, where a setting's ``same_run_as`` is looked up (default: ``settings``)."""
+    out = Path(out)
+    work = out / "work"
+    if cohort is None:
+        if data is None:                                # the built-in phantom, test labels known
+            data = work / "phantom"
+            if not (data / "phantom.json").exists():
+                phantom.write_dataset(data, *PHANTOM_CASES, seed=0)
+        cohort = mmwhs_cohort(base, Path(data), folds)
+    data = cohort.data
+    labelset = get_labelset(base.data.labels)
+    splits = cohort.splits
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(base, out / "config.json")
+    # a re-run of some settings (``--only``) keeps the other settings' results
+    names = {s.name for s in settings}
+    kept, known = [], [asdict(s) for s in settings]
+    if (out / "per_case.csv").exists() and (out / "settings.json").exists():
+        old = pd.read_csv(out / "per_case.csv")
+        kept = old[~old["setting"].isin(names)].to_dict("records")
+        known = [s for s in json.loads((out / "settings.json").read_text())["settings"]
+                 if s["name"] not in names and s["name"] in set(old["setting"])] + known
+    atomic_write_text(out / "settings.json", json.dumps(
+        {"experiment": name, "data": str(data), "seeds": seeds, "folds": folds,
+         "settings": known, "cohort": cohort.describe()}, indent=2))
+    rows = list(kept)
+
+    def kept_rows(csv: str) -> list[dict]:          # the other settings' rows of a results file
+        if not (kept and (out / csv).exists()):
+            return []
+        old = pd.read_csv(out / csv)
+        return old[~old["setting"].isin(names)].to_dict("records")
+    center_rows, iso_rows = kept_rows("centers.csv"), kept_rows("per_case_1mm.csv")
+    by_name = {s.name: s for s in [*(catalogue or []), *settings]}
+    for s in settings:
+        if s.same_run_as is not None and s.same_run_as not in by_name:
+            raise UserError(f"setting {s.name!r} evaluates the run of {s.same_run_as!r}, which "
+                            f"is not a setting of this experiment ({sorted(by_name)})")
+    for seed in range(seeds):
+        for fold, (train_cases, test_cases) in enumerate(splits):
+            for s in settings:
+                t0 = time.time()
+                tag = f"s{seed}_f{fold}"
+                trained = by_name[s.same_run_as] if s.same_run_as else s
+                seg_dir = work / "seg" / trained.name / tag
+                if not (seg_dir / "done.json").exists():
+                    _train_setting(trained, base, cohort, work, seed, train_cases, test_cases,
+                                   seg_dir)
+                cfg = apply_overrides(base, list(s.overrides))
+                case_rows, rows_1mm, centers = _evaluate_setting(
+                    seg_dir, test_cases, work / "pred" / s.name / tag, labelset, cfg.scn.enabled)
+                key = {"setting": s.name, "seed": seed, "fold": fold}
+                rows += [{**key, **r} for r in case_rows]
+                iso_rows += [{**key, **r} for r in rows_1mm]
+                center_rows += [{**key, **r} for r in centers]
+                df = pd.DataFrame(rows)
+                _write_csv(df, out / "per_case.csv")
+                _write_csv(pd.DataFrame(iso_rows), out / "per_case_1mm.csv")
+                _write_csv(pd.DataFrame(center_rows), out / "centers.csv")
+                whs = [r["dice"] for r in case_rows if r["structure"] == "WHS_mean"]
+                loc = [c["localizer_error_mm"] for c in centers]
+                print(f"[{name}] {s.name} seed {seed} fold {fold}: WHS mean Dice "
+                      f"{100 * np.mean(whs):.1f}%; localizer centre error median "
+                      f"{np.median(loc):.1f} mm, max {np.max(loc):.1f} mm "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+    summary = summarize_experiment(df)
+    _write_csv(summary, out / "summary.csv")
+    summary_1mm = summarize_experiment(pd.DataFrame(iso_rows))
+    _write_csv(summary_1mm, out / "summary_1mm.csv")
+    order = [s["name"] for s in known]
+    table = markdown_table(summary, order, published, note)
+    table_1mm = markdown_table(summary_1mm, order, None, "Both grids: predictions and ground "
+                               "truth resampled to 1 mm isotropic by nearest neighbour.")
+    atomic_write_text(out / "table.md", f"# {name}\n\n## Native grid of the test images\n\n"
+                      f"{table}\n\n## At 1 mm isotropic (the MM-WHS challenge's evaluation)"
+                      f"\n\n{table_1mm}\n")
+    print(table)
+    return df
+
+
+def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, train_cases,
+                   test_cases, seg_dir: Path) -> None:
+    """Train the cascade of setting ``s`` (seed, fold's training cases) into ``seg_dir``; the
+    fold's test cases are only named so that no training (the MTN's included) reads them."""
+    from ..train.seg import train_segmentation  # TensorFlow (see _generated)
+    t0 = time.time()
+    cfg = apply_overrides(base, [*s.overrides, f"run.seed={seed}",
+                                 f"data.ratio={s.ratio if s.mtn else 0.0}"])
+    if s.raw and not cohort.source:
+        raise UserError(f"setting {s.name!r} pools source-domain cases; {cohort.data} "
+                        f"({cohort.layout}) has none")
+    generated = _generated(base, s, cohort, work, seed, test_cases) if s.mtn else None
+    train_segmentation(cfg, cohort.data, seg_dir, generated=generated, cases=train_cases,
+                       extra=list(cohort.source) if s.raw else None)
+    atomic_write_text(seg_dir / "done.json", json.dumps({"seconds": time.time() - t0}))
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
