@@ -3,7 +3,8 @@
     out_dir/
       <case>_image.nii.gz    G_c(source image): synthetic target modality on the source image's grid
       <case>_label.nii.gz    the source label file beside the image, copied byte for byte
-      manifest.csv           case, source image and label, written image and label, seconds
+      manifest.csv           case, source image and label, written image and label, the target
+                             modality (how training normalises the images), seconds
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def translate_folder(run_dir, inputs, out_dir, layout: str = "mmwhs-folder",
         if img_out.exists() and not overwrite:
             rows.append({"case": cid, "source_image": str(path), "source_label": str(label or ""),
                          "image": str(img_out), "label": str(lab_out if label else ""),
-                         "seconds": 0.0})
+                         "modality": meta["target_modality"], "seconds": 0.0})
             continue
         t0 = time.time()
         image = read_image(path)
@@ -54,7 +55,7 @@ def translate_folder(run_dir, inputs, out_dir, layout: str = "mmwhs-folder",
         write_image(synthetic, img_out)
         rows.append({"case": cid, "source_image": str(path), "source_label": str(label or ""),
                      "image": str(img_out), "label": str(lab_out if label else ""),
-                     "seconds": round(time.time() - t0, 2)})
+                     "modality": meta["target_modality"], "seconds": round(time.time() - t0, 2)})
     with atomic_path(out_dir / "manifest.csv") as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -112,7 +112,11 @@ def test_mscmrseg_experiment_pools_translates_and_tables(tiny_mscmrseg, tmp_path
     assert set(mtn["target"]) == {c.case_id for c in cohort.mtn_target}
     assert not set(mtn["target"]) & {c.case_id for c in test}
     manifest = pd.read_csv(next((run / "work/generated").glob("*/manifest.csv")))
-    assert len(manifest) == 4
+    assert len(manifest) == 4 and set(manifest["modality"]) == {"mr"}
+    # synthetic LGE is normalised as MRI (per-volume percentiles), not through the CT window
+    from cm_trancaf.data.datasets import generated_cases
+    generated = next((run / "work/generated").glob("*/manifest.csv")).parent
+    assert {c.modality for c in generated_cases(generated)} == {"mr"}
     table = (run / "table.md").read_text()
     assert "| setting | LV Dice % | RV Dice % | Myo Dice % | LV HD mm | RV HD mm | Myo HD mm |" \
         in table and "no published row" in table              # per-structure Dice and HD

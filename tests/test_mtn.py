@@ -41,6 +41,9 @@ def test_restored_generator_has_the_trained_weights(mtn_run):
 def test_translate_keeps_geometry_and_label_bytes(mtn_run, tiny_phantom, tmp_path):
     rows = translate_folder(mtn_run, tiny_phantom / "mr_train", tmp_path)
     assert len(rows) == 2 and (tmp_path / "manifest.csv").exists()
+    from cm_trancaf.data.datasets import generated_cases
+    assert {r["modality"] for r in rows} == {"ct"}                     # G_c: MRI -> CT
+    assert {c.modality for c in generated_cases(tmp_path)} == {"ct"}
     for r in rows:
         src = sitk.ReadImage(r["source_image"])
         out = sitk.ReadImage(r["image"])

@@ -14,6 +14,7 @@ An adapter lists :class:`Case` records (id, image path, label path or None); rea
 """
 from __future__ import annotations
 
+import csv
 import re
 import sys
 from dataclasses import dataclass
@@ -171,8 +172,18 @@ def generic_cases(root: str | Path, image_glob: str = "*_image.nii*",
 
 
 def generated_cases(root: str | Path) -> list[Case]:
-    """Synthetic CT written by ``cm-trancaf translate``: ``<id>_image.nii.gz`` + ``<id>_label``."""
-    return generic_cases(root, "*_image.nii*", ("_image", "_label"), modality="ct")
+    """Synthetic images written by ``cm-trancaf translate``: ``<id>_image.nii.gz`` + ``<id>_label``,
+    in the MTN's target modality as ``manifest.csv`` records it (``ct`` when it does not say):
+    synthetic LGE must be normalised as MRI, synthetic CT as CT."""
+    modality = "ct"
+    manifest = Path(root) / "manifest.csv"
+    if manifest.is_file():
+        with open(manifest, newline="") as f:
+            found = {row.get("modality") or "ct" for row in csv.DictReader(f)}
+        if len(found) != 1 or not found <= {"ct", "mr"}:
+            raise UserError(f"{manifest}: expected one modality (ct or mr), found {sorted(found)}")
+        modality = found.pop()
+    return generic_cases(root, "*_image.nii*", ("_image", "_label"), modality=modality)
 
 
 def find_cases(root: str | Path, layout: str, **kw) -> list[Case]:
