@@ -1,4 +1,5 @@
-"""MRI -> CT translation of a folder with a trained MTN (``cm-trancaf translate``).
+"""MRI -> CT translation of a folder with a trained MTN (``cm-trancaf translate``), and its
+intensity-only baseline (histogram matching to target-domain images).
 
     out_dir/
       <case>_image.nii.gz    G_c(source image): synthetic target modality on the source image's grid
@@ -17,45 +18,64 @@ import numpy as np
 import SimpleITK as sitk
 
 from .data.io import case_id_of, list_images, read_image, write_image
-from .data.preprocess import prepare, resample
+from .data.preprocess import histogram_match, prepare, resample
 from .inference import denormalize, load_generator, translate_volume
-from .utils import atomic_path
+from .utils import UserError, atomic_path
 
-__all__ = ["translate_folder"]
+__all__ = ["translate_folder", "harmonize_folder"]
 
 
 def translate_folder(run_dir, inputs, out_dir, layout: str = "mmwhs-folder",
                      overwrite: bool = False) -> list[dict]:
-    """Translate every image in ``inputs`` (folder or file); labels beside them are copied."""
+    """Translate every image in ``inputs`` (folder or file) with the MTN's G_c; labels beside
+    them are copied."""
     cfg, meta, g_c = load_generator(Path(run_dir))
-    out_dir = Path(out_dir)
-    images = list_images(Path(inputs))
-    rows = []
-    for path in images:
-        cid = case_id_of(path)
-        img_out, lab_out = out_dir / f"{cid}_image.nii.gz", out_dir / f"{cid}_label.nii.gz"
-        label = _label_beside(path)
-        if img_out.exists() and not overwrite:
-            rows.append({"case": cid, "source_image": str(path), "source_label": str(label or ""),
-                         "image": str(img_out), "label": str(lab_out if label else ""),
-                         "modality": meta["target_modality"], "seconds": 0.0})
-            continue
-        t0 = time.time()
-        image = read_image(path)
-        prep = prepare(image, None, cfg.data, meta["source_modality"], 2, cid)
+
+    def translate(path: Path, cid: str) -> sitk.Image:
+        prep = prepare(read_image(path), None, cfg.data, meta["source_modality"], 2, cid)
         fake = translate_volume(g_c, prep.image, cfg.mtn.patch_size)
         work = sitk.GetImageFromArray(denormalize(fake, meta["target_modality"], cfg))
         prep.grid.apply(work)
         background = float(denormalize(np.array([-1.0]), meta["target_modality"], cfg)[0])
         synthetic = resample(work, prep.source, sitk.sitkLinear, background)
-        prep.source.apply(synthetic)
-        if label is not None:  # the MRI's label map carries over unchanged, byte for byte
-            with atomic_path(lab_out) as tmp:
-                shutil.copyfile(label, tmp)
-        write_image(synthetic, img_out)
+        return prep.source.apply(synthetic)
+    return _write_folder(list_images(Path(inputs)), Path(out_dir), translate,
+                         meta["target_modality"], overwrite)
+
+
+def harmonize_folder(inputs, references: list[Path], out_dir, modality: str,
+                     overwrite: bool = False) -> list[dict]:
+    """The intensity-only baseline of the MTN: every image in ``inputs`` histogram-matched
+    (``preprocess.histogram_match``) to a target-domain image, ``references[i % n]`` for the
+    i-th; labels beside them are copied. Same folder contract as ``translate_folder``."""
+    if not references:
+        raise UserError("histogram matching needs at least one target-domain reference image")
+    images = list_images(Path(inputs))
+    refs = {path: references[i % len(references)] for i, path in enumerate(images)}
+    return _write_folder(images, Path(out_dir),
+                         lambda path, cid: histogram_match(read_image(path), read_image(refs[path])),
+                         modality, overwrite)
+
+
+def _write_folder(images: list[Path], out_dir: Path, make, modality: str,
+                  overwrite: bool) -> list[dict]:
+    """``make(path, case_id)`` -> the new image of each source image, written beside a byte copy
+    of its label; ``manifest.csv`` last (its presence means the folder is complete)."""
+    rows = []
+    for path in images:
+        cid = case_id_of(path)
+        img_out, lab_out = out_dir / f"{cid}_image.nii.gz", out_dir / f"{cid}_label.nii.gz"
+        label = _label_beside(path)
+        t0 = time.time()
+        if overwrite or not img_out.exists():
+            image = make(path, cid)
+            if label is not None:  # the source label map carries over unchanged, byte for byte
+                with atomic_path(lab_out) as tmp:
+                    shutil.copyfile(label, tmp)
+            write_image(image, img_out)
         rows.append({"case": cid, "source_image": str(path), "source_label": str(label or ""),
                      "image": str(img_out), "label": str(lab_out if label else ""),
-                     "modality": meta["target_modality"], "seconds": round(time.time() - t0, 2)})
+                     "modality": modality, "seconds": round(time.time() - t0, 2)})
     with atomic_path(out_dir / "manifest.csv") as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))

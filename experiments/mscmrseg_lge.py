@@ -5,8 +5,12 @@ The LGE patients are split at random (--split-seed) into a few labelled training
 rest for testing. The labelled bSSFP ("C0") cases are the source domain, like MRI in MM-WHS:
   1. LGE only                          few labelled target cases
   2. LGE + raw bSSFP                   naive pooling of the source cases, untranslated
-  3. LGE + MTN(bSSFP) r=0.5 / r=1.0    bSSFP translated to LGE by the MTN (the CM-TranCaF setting)
-  4. LGE + MTN(bSSFP) r=0.5, SCN off   the same cascade without the SCN (compare with 3)
+  3. LGE + hist-matched bSSFP r=0.5    bSSFP histogram-matched to LGE images: the MTN's
+                                       intensity-only baseline (beyond the paper)
+  4. LGE + MTN(bSSFP) r=0.5 / r=1.0    bSSFP translated to LGE by the MTN (the CM-TranCaF setting)
+  5. LGE + MTN(bSSFP) r=0.5, SCN off   the same MAUNet without the SCN (paired with 4)
+The anatomy each kind of synthetic bSSFP keeps (FCN score: the "LGE only" cascade segments it,
+scored against the bSSFP labels) is written to anatomy.csv and table.md.
 
     python experiments/mscmrseg_lge.py --data ../shared/data/mscmrseg            # cmr_cpu, 2 cores
     python experiments/mscmrseg_lge.py --data /data/MS-CMRSeg --preset cmr --seeds 3  # GPU
@@ -19,9 +23,11 @@ from cm_trancaf.experiments import Setting, main
 SETTINGS = [
     Setting("LGE only"),
     Setting("LGE + raw bSSFP", raw=True),
+    Setting("LGE + hist-matched bSSFP r=0.5", harmonize=True, ratio=0.5),
     Setting("LGE + MTN(bSSFP) r=0.5", mtn=True, ratio=0.5),
     Setting("LGE + MTN(bSSFP) r=1.0", mtn=True, ratio=1.0),
-    Setting("LGE + MTN(bSSFP) r=0.5, SCN off", ("scn.enabled=False",), mtn=True, ratio=0.5),
+    Setting("LGE + MTN(bSSFP) r=0.5, SCN off", ("scn.enabled=False",),
+            same_run_as="LGE + MTN(bSSFP) r=0.5"),
 ]
 NOTE = ("Test: the LGE patients of neither training group. The MS-CMRSeg 2019 benchmark "
         "(Zhuang et al., MedIA 2022) tests on 40 other LGE patients, so no published row is given.")

@@ -93,6 +93,7 @@ def test_mscmrseg_experiment_pools_translates_and_tables(tiny_mscmrseg, tmp_path
                                                 "data.spacing=(6.0, 6.0, 8.0)"])
     settings = [Setting("LGE only", ("scn.enabled=False",)),
                 Setting("LGE + raw bSSFP", ("scn.enabled=False",), raw=True),
+                Setting("LGE + hist r=1.0", ("scn.enabled=False",), harmonize=True, ratio=1.0),
                 Setting("LGE + MTN r=1.0", mtn=True, ratio=1.0)]
     cohort = mscmrseg_cohort(tiny_mscmrseg, n_train=2, n_unlabelled=1, seed=0)
     run = tmp_path / "mscmrseg_lge"
@@ -117,6 +118,18 @@ def test_mscmrseg_experiment_pools_translates_and_tables(tiny_mscmrseg, tmp_path
     from cm_trancaf.data.datasets import generated_cases
     generated = next((run / "work/generated").glob("*/manifest.csv")).parent
     assert {c.modality for c in generated_cases(generated)} == {"mr"}
+    # the histogram-matched baseline: every C0 case, matched to the MTN's LGE images only
+    hist = split("LGE + hist r=1.0")["generated"]
+    assert len(hist) == 4
+    manifest = pd.read_csv(next((run / "work/harmonized").glob("*/manifest.csv")))
+    assert set(manifest["modality"]) == {"mr"} and len(manifest) == 4
+    # the anatomy each synthetic folder keeps, scored by the "LGE only" cascade
+    anatomy = pd.read_csv(run / "anatomy.csv")
+    assert list(anatomy["setting"]) == ["LGE + hist r=1.0", "LGE + MTN r=1.0"]
+    assert set(anatomy["segmenter"]) == {"LGE only"}
+    assert anatomy["anatomy_dice"].between(0, 1).all()
+    assert np.allclose(anatomy["ratio_to_real"],
+                       anatomy["anatomy_dice"] / anatomy["segmenter_real_dice"])
     table = (run / "table.md").read_text()
     assert "| setting | LV Dice % | RV Dice % | Myo Dice % | LV HD mm | RV HD mm | Myo HD mm |" \
         in table and "no published row" in table              # per-structure Dice and HD

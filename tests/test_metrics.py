@@ -61,3 +61,42 @@ def test_missing_structures_and_whs_scores():
     np.testing.assert_allclose(rows["WHS_mean"]["dice"], (1 + 0 + 1) / 3)
     s = summarize(pd.DataFrame(list(rows.values())))
     assert s.loc["LV", "n_missing"] == 1 and s.loc["Myo", "n_missing"] == 0
+
+
+def test_anatomy_score_is_one_for_an_identity_translation_and_falls_when_anatomy_moves(tmp_path):
+    """Label-aligned volumes (intensity = 40 x class) segmented by an oracle that reads the class
+    back from the intensity: the identity translation keeps every structure (score 1); a
+    translation that shifts the anatomy by 3 voxels, or shuffles voxels, does not."""
+    from cm_trancaf.data.datasets import Case
+    from cm_trancaf.metrics import anatomy_score
+    labelset = LABEL_SETS["mscmrseg"]
+    rng = np.random.default_rng(2)
+    zz, yy, xx = np.mgrid[:24, :32, :32]
+    classes = np.zeros((24, 32, 32), np.uint8)
+    classes[(zz - 12) ** 2 + (yy - 16) ** 2 + (xx - 14) ** 2 < 64] = 2               # LV
+    ring = ((zz - 12) ** 2 + (yy - 16) ** 2 + (xx - 14) ** 2 < 121) & (classes == 0)
+    classes[ring] = 1                                                                 # Myo
+    classes[(zz - 12) ** 2 + (yy - 16) ** 2 + (xx - 26) ** 2 < 20] = 3               # RV
+
+    def write(cid, image_classes):
+        img = sitk.GetImageFromArray(image_classes.astype(np.float32) * 40.0)
+        lab = sitk.GetImageFromArray(np.asarray((0,) + labelset.codes, np.int16)[classes])
+        for x in (img, lab):
+            x.SetSpacing((1.25, 1.25, 5.0))
+        sitk.WriteImage(img, str(tmp_path / f"{cid}_image.nii.gz"))
+        sitk.WriteImage(lab, str(tmp_path / f"{cid}_label.nii.gz"))
+        return Case(cid, tmp_path / f"{cid}_image.nii.gz", tmp_path / f"{cid}_label.nii.gz", "mr")
+
+    def oracle(image):                       # class = intensity / 40, in the data set's codes
+        k = np.clip(np.round(sitk.GetArrayFromImage(image) / 40.0), 0, 3).astype(np.int64)
+        out = sitk.GetImageFromArray(np.asarray((0,) + labelset.codes)[k].astype(np.int16))
+        out.CopyInformation(image)
+        return out
+
+    score = lambda case: anatomy_score(oracle, [case], labelset).set_index("structure")["dice"]
+    identity = score(write("same", classes))
+    assert identity["WHS_mean"] == 1.0 and (identity[list(labelset.names)] == 1.0).all()
+    shifted = score(write("shifted", np.roll(classes, 3, axis=2)))
+    shuffled = score(write("shuffled", rng.permutation(classes.ravel()).reshape(classes.shape)))
+    assert shifted["WHS_mean"] < 0.8 and shuffled["WHS_mean"] < 0.3
+    assert shifted["WHS_mean"] > shuffled["WHS_mean"]

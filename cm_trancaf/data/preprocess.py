@@ -121,6 +121,19 @@ def enhance(image: sitk.Image, cfg: DataConfig) -> sitk.Image:
     raise ValueError(f"data.enhance must be none|unsharp|clahe, got {cfg.enhance!r}")
 
 
+def histogram_match(image: sitk.Image, reference: sitk.Image, levels: int = 256,
+                    match_points: int = 15, threshold_at_mean: bool = True) -> sitk.Image:
+    """``image``'s intensities mapped so that its histogram matches ``reference``'s at
+    ``match_points`` quantiles, piecewise linear in between (SimpleITK's HistogramMatching, Nyul
+    et al. 2000); ``threshold_at_mean`` leaves the voxels below each volume's mean (background)
+    out of both histograms. Geometry unchanged; float32. The intensity-only baseline of the MTN."""
+    f = sitk.HistogramMatchingImageFilter()
+    f.SetNumberOfHistogramLevels(levels)
+    f.SetNumberOfMatchPoints(match_points)
+    f.SetThresholdAtMeanIntensity(threshold_at_mean)
+    return f.Execute(sitk.Cast(image, sitk.sitkFloat32), sitk.Cast(reference, sitk.sitkFloat32))
+
+
 def normalize(arr: np.ndarray, modality: str, cfg: DataConfig) -> np.ndarray:
     """CT: HU clipped to ``ct_window`` and scaled to [-1, 1]; MRI: percentiles -> [-1, 1]."""
     if modality == "ct":

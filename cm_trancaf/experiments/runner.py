@@ -39,7 +39,7 @@ from ..data.io import read_image
 from ..metrics import evaluate_folders
 from ..utils import UserError, atomic_path, atomic_write_text
 from .cohorts import Cohort, mmwhs_cohort
-from .report import markdown_table, summarize_experiment
+from .report import anatomy_table, markdown_table, summarize_experiment
 
 __all__ = ["Setting", "run_experiment"]
 
@@ -54,6 +54,9 @@ class Setting:
     ratio: float = 0.5                       # r: share of the generated cases used
     mtn_overrides: tuple[str, ...] = ()      # e.g. ("mtn.lam=5",): an MTN run of its own
     raw: bool = False                        # add the labelled source cases untranslated (naive pooling)
+    # add ratio r of the labelled source cases histogram-matched to the MTN's target images: the
+    # intensity-only baseline of the MTN (no network)
+    harmonize: bool = False
     # evaluate the trained cascade of the named setting instead of training one (a paired
     # ablation of inference-time switches: "SCN off" = the same MAUNet without its SCN)
     same_run_as: str | None = None
@@ -87,6 +90,62 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
                   cases=(list(cohort.source), target))
     if not (out / "manifest.csv").exists():
         translate_folder(run, cohort.source_dir, out)
+    return out
+
+
+def _harmonized(setting: Setting, cohort: Cohort, work: Path, test_cases=()) -> Path:
+    """The labelled source cases histogram-matched to the target images the MTN would learn
+    from (this fold's test images left out); the folder, written once per set of references."""
+    from ..translate import harmonize_folder   # TensorFlow (see _generated)
+    if not cohort.source or cohort.source_dir is None:
+        raise UserError(f"setting {setting.name!r} needs source-domain cases; "
+                        f"{cohort.data} ({cohort.layout}) has none")
+    tested = {c.case_id for c in test_cases}
+    refs = [c for c in cohort.mtn_target if c.case_id not in tested]
+    out = work / "harmonized" / _key([c.case_id for c in refs])
+    if not (out / "manifest.csv").exists():
+        harmonize_folder(cohort.source_dir, [c.image for c in refs], out, refs[0].modality)
+    return out
+
+
+def _source_folder(base, s: Setting, cohort: Cohort, work: Path, seed: int, test_cases):
+    """The folder of synthetic source cases a setting trains with (MTN or histogram matching)."""
+    if s.mtn and s.harmonize:
+        raise UserError(f"setting {s.name!r}: mtn and harmonize are two different settings")
+    if s.mtn:
+        return _generated(base, s, cohort, work, seed, test_cases)
+    return _harmonized(s, cohort, work, test_cases) if s.harmonize else None
+
+
+def _anatomy(base, settings, by_name, cohort: Cohort, work: Path, seed: int, fold: int,
+             test_cases, rows: list[dict], labelset) -> list[dict]:
+    """Anatomy kept by each setting's synthetic source images: the FCN score
+    (``metrics.anatomy_score``) with the cascade of the first setting trained on real target
+    cases alone (e.g. "LGE only"), beside that cascade's Dice on the real test cases."""
+    from ..inference import Cascade               # TensorFlow (see _generated)
+    from ..data.datasets import generated_cases
+    from ..metrics import anatomy_score
+    tag = f"s{seed}_f{fold}"
+    ref = next((s for s in by_name.values() if not (s.mtn or s.harmonize or s.raw or s.same_run_as)
+                and (work / "seg" / s.name / tag / "done.json").exists()), None)
+    synthetic = [s for s in settings if (s.mtn or s.harmonize) and not s.same_run_as]
+    if ref is None or not synthetic:
+        return []
+    cascade = Cascade.load(work / "seg" / ref.name / tag)
+    real = [r["dice"] for r in rows if r["setting"] == ref.name and r["seed"] == seed
+            and r["fold"] == fold and r["structure"] == "WHS_mean"]
+    if not real:
+        return []
+    out, seen = [], {}
+    for s in synthetic:
+        folder = _source_folder(base, s, cohort, work, seed, test_cases)
+        if folder not in seen:
+            df = anatomy_score(cascade.predict_image, generated_cases(folder), labelset)
+            seen[folder] = float(df[df.structure == "WHS_mean"]["dice"].mean())
+        out.append({"setting": s.name, "seed": seed, "fold": fold, "images": str(folder),
+                    "segmenter": ref.name, "anatomy_dice": seen[folder],
+                    "segmenter_real_dice": float(np.mean(real)),
+                    "ratio_to_real": seen[folder] / float(np.mean(real))})
     return out
 
 
@@ -164,6 +223,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
         old = pd.read_csv(out / csv)
         return old[~old["setting"].isin(names)].to_dict("records")
     center_rows, iso_rows = kept_rows("centers.csv"), kept_rows("per_case_1mm.csv")
+    anatomy_rows = kept_rows("anatomy.csv")
     by_name = {s.name: s for s in [*(catalogue or []), *settings]}
     for s in settings:
         if s.same_run_as is not None and s.same_run_as not in by_name:
@@ -196,6 +256,10 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                       f"{100 * np.mean(whs):.1f}%; localizer centre error median "
                       f"{np.median(loc):.1f} mm, max {np.max(loc):.1f} mm "
                       f"({time.time() - t0:.0f} s)", flush=True)
+            anatomy_rows += _anatomy(base, settings, by_name, cohort, work, seed, fold,
+                                     test_cases, rows, labelset)
+            if anatomy_rows:
+                _write_csv(pd.DataFrame(anatomy_rows), out / "anatomy.csv")
     summary = summarize_experiment(df)
     _write_csv(summary, out / "summary.csv")
     summary_1mm = summarize_experiment(pd.DataFrame(iso_rows))
@@ -206,7 +270,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                                "truth resampled to 1 mm isotropic by nearest neighbour.")
     atomic_write_text(out / "table.md", f"# {name}\n\n## Native grid of the test images\n\n"
                       f"{table}\n\n## At 1 mm isotropic (the MM-WHS challenge's evaluation)"
-                      f"\n\n{table_1mm}\n")
+                      f"\n\n{table_1mm}\n" + anatomy_table(anatomy_rows))
     print(table)
     return df
 
@@ -218,11 +282,11 @@ def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, trai
     from ..train.seg import train_segmentation  # TensorFlow (see _generated)
     t0 = time.time()
     cfg = apply_overrides(base, [*s.overrides, f"run.seed={seed}",
-                                 f"data.ratio={s.ratio if s.mtn else 0.0}"])
+                                 f"data.ratio={s.ratio if s.mtn or s.harmonize else 0.0}"])
     if s.raw and not cohort.source:
         raise UserError(f"setting {s.name!r} pools source-domain cases; {cohort.data} "
                         f"({cohort.layout}) has none")
-    generated = _generated(base, s, cohort, work, seed, test_cases) if s.mtn else None
+    generated = _source_folder(base, s, cohort, work, seed, test_cases)
     train_segmentation(cfg, cohort.data, seg_dir, generated=generated, cases=train_cases,
                        extra=list(cohort.source) if s.raw else None)
     atomic_write_text(seg_dir / "done.json", json.dumps({"seconds": time.time() - t0}))
