@@ -2,7 +2,7 @@
 
 r is the share of the MTN-generated CT volumes (G_c(MRI) with the MRI's labels) added to the real
 CT training set; one MTN is trained per seed and shared by all ratios.
-    python experiments/table2_ratio.py --preset cpu                   # phantom, ~45 min, 2 cores
+    python experiments/table2_ratio.py --preset demo                  # phantom, ~45 min, 2 cores
     python experiments/table2_ratio.py --preset paper --data /data/MM-WHS --folds 5
 """
 import sys

@@ -1,7 +1,7 @@
 """Table 3: sensitivity to the MTN cycle weight lambda in {5, 10, 20} (paper: best at 10).
 
 Each lambda trains its own MTN; the cascade then trains with r = 0.5 of its generated CT.
-    python experiments/table3_lambda.py --preset cpu                  # phantom, ~15 min, 2 cores
+    python experiments/table3_lambda.py --preset demo                 # phantom, ~15 min, 2 cores
     python experiments/table3_lambda.py --preset paper --data /data/MM-WHS --folds 5
 """
 import sys

@@ -1,7 +1,7 @@
 """Table 4: attention gates (AG) and position attention block (PAB) on/off, 50% generated data.
 
 Paper: both on is best. SCN stays on in all four rows.
-    python experiments/table4_ag_pab.py --preset cpu                  # phantom, ~20 min, 2 cores
+    python experiments/table4_ag_pab.py --preset demo                 # phantom, ~20 min, 2 cores
     python experiments/table4_ag_pab.py --preset paper --data /data/MM-WHS --folds 5
 """
 import sys

@@ -1,7 +1,7 @@
 """Table 5: the spatial configuration network (SCN) on/off (paper: on is better).
 
 Both rows: MTN at r = 0.5, AG and PAB on. "SCN off" predicts with the same MAUNet alone (paired).
-    python experiments/table5_scn.py --preset cpu                     # phantom, ~10 min, 2 cores
+    python experiments/table5_scn.py --preset demo                    # phantom, ~10 min, 2 cores
     python experiments/table5_scn.py --preset paper --data /data/MM-WHS --folds 5
 """
 import sys

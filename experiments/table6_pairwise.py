@@ -1,7 +1,7 @@
 """Table 6: pairwise combinations of MTN, AG, PAB and SCN (paper: MTN + SCN the strongest pair).
 
 Each row switches on exactly two of the four modules (MTN: r = 0.5 generated CT).
-    python experiments/table6_pairwise.py --preset cpu                # phantom, ~30 min, 2 cores
+    python experiments/table6_pairwise.py --preset demo               # phantom, ~30 min, 2 cores
     python experiments/table6_pairwise.py --preset paper --data /data/MM-WHS --folds 5
 """
 import itertools

@@ -1,6 +1,7 @@
 """Experiment runner on the tiny phantom: results files, summary = per-case means, k-fold,
 resume, error paths; the notebooks run headless on these results (nbclient)."""
 import os
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,27 @@ def test_experiment_script_without_test_labels_is_one_line_error(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "error:" in r.stderr
+
+
+def test_paper_table_on_ct_without_mri_runs_without_the_mtn(tiny_phantom, tmp_path):
+    """The shared MM-WHS CT has no mr_train: a table whose settings use the MTN is one error line,
+    and ``--without-mtn`` runs the same settings without generated data."""
+    import shutil
+    data = tmp_path / "ct_only"
+    shutil.copytree(tiny_phantom / "ct_train", data / "ct_train")
+    cmd = [sys.executable, str(ROOT / "experiments/table5_scn.py"), "--preset", "tiny", "--data",
+           str(data), "--folds", "3", "--out", str(tmp_path / "o")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "need source-domain cases" in r.stderr
+    assert not (tmp_path / "o").exists()                  # checked before anything is written
+    r = subprocess.run(cmd + ["--without-mtn"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "o" / "table5_scn" / "tiny_without_mtn"
+    df = pd.read_csv(run / "per_case.csv")
+    assert set(df["setting"]) == {"SCN on", "SCN off"} and df["case"].nunique() == 3
+    assert not (run / "work" / "mtn").exists()
+    assert all(json.loads(p.read_text())["generated"] == []
+               for p in (run / "work" / "seg").glob("*/*/split.json"))
 
 
 @pytest.mark.parametrize("notebook", ["results_tables.ipynb", "qualitative.ipynb"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from ..cli import run_guarded
@@ -37,6 +38,10 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
         p.add_argument("--folds", type=int, default=None,
                        help="K-fold cross-validation on ct_train (default: 5 with --data, else 0 = "
                             "the phantom's labelled ct_test)")
+        p.add_argument("--without-mtn", action="store_true",
+                       help="run every setting without MTN-generated data (a data set without "
+                            "mr_train, e.g. ../shared/data/mmwhs_ct); the run is named "
+                            "<preset>_without_mtn")
     if dataset == "mscmrseg":
         p.add_argument("--n-train", type=int, default=5, help="labelled target (LGE) patients")
         p.add_argument("--n-unlabelled", type=int, default=5,
@@ -62,7 +67,10 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
         fixed = [f"data.labels={labels}", "data.modality=mr"] if labels else []
         preset = args.preset or ("cmr_cpu" if not mmwhs else "cpu" if args.data else "demo")
         base = apply_overrides(get_preset(preset), fixed + args.overrides)
-        chosen = [s for s in settings if not args.only or s.name in args.only]
+        catalogue = settings
+        if getattr(args, "without_mtn", False):
+            catalogue = [replace(s, mtn=False, ratio=0.0, mtn_overrides=()) for s in settings]
+        chosen = [s for s in catalogue if not args.only or s.name in args.only]
         if not chosen:
             raise UserError(f"--only {args.only}: no such setting; have {[s.name for s in settings]}")
         cohort, folds = None, 0
@@ -74,8 +82,9 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
         else:
             folds = args.folds if args.folds is not None else (
                 (default_folds or 5) if args.data else 0)
-        run_experiment(name, chosen, base, Path(args.out) / name / (args.run or preset),
+        run = args.run or preset + ("_without_mtn" if getattr(args, "without_mtn", False) else "")
+        run_experiment(name, chosen, base, Path(args.out) / name / run,
                        Path(args.data) if args.data else None, args.seeds, folds, published,
-                       cohort, note, settings)
+                       cohort, note, catalogue)
         return 0
     return run_guarded(name, go)

@@ -202,6 +202,11 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
     data = cohort.data
     labelset = get_labelset(base.data.labels)
     splits = cohort.splits
+    needs_source = [s.name for s in settings if s.mtn or s.raw or s.harmonize]
+    if needs_source and not cohort.source:              # before any results file is written
+        raise UserError(f"settings {needs_source} need source-domain cases (MTN, pooling or "
+                        f"histogram matching); {data} ({cohort.layout}) has none: add them, or "
+                        f"run the settings without them (--without-mtn)")
     out.mkdir(parents=True, exist_ok=True)
     save_config(base, out / "config.json")
     # a re-run of some settings (``--only``) keeps the other settings' results
