@@ -16,9 +16,9 @@ import pytest
 import SimpleITK as sitk
 import tensorflow as tf
 
+from cm_trancaf.checkpoint import restore
 from cm_trancaf.cli import main
 from cm_trancaf.data.io import write_image
-from cm_trancaf.checkpoint import restore
 from cm_trancaf.train.loop import NonFiniteError, Run, apply_if_finite, train_loop
 
 CLI = [sys.executable, "-m", "cm_trancaf.cli"]

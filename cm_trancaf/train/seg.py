@@ -21,11 +21,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ..checkpoint import restore
 from ..config import ExperimentConfig, save_config
 from ..data.datasets import Case, LabelSet, find_cases, generated_cases, get_labelset, load_case
 from ..data.pipeline import localizer_dataset, roi_dataset
 from ..data.preprocess import Prepared, crop, foreground_center, prepare
-from ..checkpoint import restore
 from ..inference import center_errors_mm, precision_policy, segment_roi
 from ..losses import dice_focal, heatmap_l2
 from ..metrics import overlap
