@@ -88,6 +88,8 @@ def center_errors_mm(localizer, cases: list[Prepared], cfg: ExperimentConfig) ->
 
 @dataclass
 class Cascade:
+    """The trained networks of one run (or export) and what prediction needs with them: the
+    run's config (grid, ROI, normalisation, inference options) and label set."""
     cfg: ExperimentConfig
     labelset: LabelSet
     localizer: object
