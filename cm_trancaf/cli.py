@@ -267,11 +267,33 @@ def run_guarded(command: str, fn) -> int:
         return 130
 
 
+def _runtime_start(args):
+    """What starts TensorFlow's runtime for this command: the multiworker strategy when the
+    config asks for it (it must come first), else None (list the devices). A bad config is left
+    for the command itself to report."""
+    if not hasattr(args, "overrides"):
+        return None
+    try:
+        strategy = _config(args).run.strategy
+    except (UserError, ConfigError):
+        return None
+    if strategy != "multiworker":
+        return None
+
+    def start():
+        from .train.scale import get_strategy
+        try:
+            get_strategy("multiworker")
+        except UserError:                          # no TF_CONFIG: the command says so
+            pass
+    return start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "evaluate":                 # the one command that needs no TensorFlow
-        import_tensorflow_quietly(args.verbose)
+        import_tensorflow_quietly(args.verbose, _runtime_start(args))
     return run_guarded(args.command, lambda: args.func(args))
 
 

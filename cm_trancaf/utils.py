@@ -53,24 +53,27 @@ def atomic_dir(path: str | Path):
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 text under a temporary name, then rename (whatever the process's locale)."""
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
+        Path(tmp).write_text(text, encoding="utf-8")
 
 
-def import_tensorflow_quietly(verbose: bool = False) -> None:
-    """Import TensorFlow and find its devices with the process's stderr (fd 2) muted: its start-up
+def import_tensorflow_quietly(verbose: bool = False, start=None) -> None:
+    """Import TensorFlow and start its runtime with the process's stderr (fd 2) muted: its start-up
     lines (oneDNN, CUDA drivers, cuInit) come from C++ logging that ``TF_CPP_MIN_LOG_LEVEL`` no
-    longer silences. ``verbose``: import as usual, lines and all. Errors still raise."""
+    longer silences. ``start``: what starts the runtime (default: listing the devices); a
+    MultiWorkerMirroredStrategy must be that first step, since collective ops are configured at
+    start-up. ``verbose``: import as usual, lines and all. Errors still raise."""
     if verbose:
         import tensorflow as tf
-        tf.config.list_logical_devices()
+        (start or tf.config.list_logical_devices)()
         return
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
         import tensorflow as tf
-        tf.config.list_logical_devices()
+        (start or tf.config.list_logical_devices)()
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from cm_trancaf.config import apply_overrides, get_preset
-from cm_trancaf.data.io import Geometry
+from cm_trancaf.data.io import Geometry, keep_locale
 from cm_trancaf.inference import Cascade
 from cm_trancaf.predict import predict_files
 from cm_trancaf.train.seg import train_segmentation
@@ -207,6 +207,11 @@ def _write_dicom_series(image: sitk.Image, folder) -> None:
     series = "1.2.826.0.1.3680043.2.1125.1.1"
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    with keep_locale():                                      # GDCM's writer sets the "C" locale
+        _write_slices(image, folder, writer, direction, series)
+
+
+def _write_slices(image, folder, writer, direction, series):
     for z in range(image.GetDepth()):
         s = image[:, :, z]
         pos = image.TransformIndexToPhysicalPoint((0, 0, z))
@@ -225,6 +230,8 @@ def _write_dicom_series(image: sitk.Image, folder) -> None:
 
 
 def test_dicom_series_predicts_the_labels_of_its_nifti(seg_run, tiny_phantom, tmp_path):
+    import locale
+    encoding = locale.getpreferredencoding(False)
     src = sitk.ReadImage(str(tiny_phantom / "ct_test" / "ct_test_2001_image.nii.gz"))
     ct = sitk.GetImageFromArray(np.round(sitk.GetArrayFromImage(src)).astype(np.int16))
     ct.CopyInformation(src)                                    # int16: what a scanner stores
@@ -242,6 +249,8 @@ def test_dicom_series_predicts_the_labels_of_its_nifti(seg_run, tiny_phantom, tm
     arr = sitk.GetArrayFromImage(la)
     assert (arr > 0).sum() > 100                                  # a heart was found
     np.testing.assert_array_equal(arr, sitk.GetArrayFromImage(lb))
+    import locale
+    assert locale.getpreferredencoding(False) == encoding    # reading DICOM kept the locale
     # a folder with two series is one error line naming it
     _write_dicom_series(ct[:, :, :5], tmp_path / "two")
     other = tmp_path / "two" / "slice000.dcm"
@@ -250,7 +259,8 @@ def test_dicom_series_predicts_the_labels_of_its_nifti(seg_run, tiny_phantom, tm
     w = sitk.ImageFileWriter()
     w.KeepOriginalImageUIDOn()
     w.SetFileName(str(other))
-    w.Execute(img)
+    with keep_locale():
+        w.Execute(img)
     from cm_trancaf.utils import UserError
     with pytest.raises(UserError, match="2 DICOM series"):
         predict_files(seg_run, tmp_path / "two", tmp_path / "pred_two")

@@ -41,7 +41,7 @@ def test_every_config_field_is_read_by_the_code():
 
     import cm_trancaf
     from cm_trancaf.config import ExperimentConfig
-    source = "\n".join(p.read_text() for p in Path(cm_trancaf.__file__).parent.rglob("*.py")
+    source = "\n".join(p.read_text(encoding="utf-8") for p in Path(cm_trancaf.__file__).parent.rglob("*.py")
                        if p.name != "config.py")
     unread = [f"{section.name}.{f.name}" for section in dataclasses.fields(ExperimentConfig)
               if dataclasses.is_dataclass(getattr(ExperimentConfig(), section.name))

@@ -42,7 +42,7 @@ def test_results_folder_and_summary_match_per_case_rows(results):
         got = summary[(summary.setting == setting) & (summary.structure == "LV")].iloc[0]
         assert got["dice_mean"] == pytest.approx(rows["dice"].mean(), abs=1e-9)
         assert got["dice_std"] == pytest.approx(rows["dice"].std(ddof=0), abs=1e-9)
-    table = (run / "table.md").read_text()
+    table = (run / "table.md").read_text(encoding="utf-8")
     assert "| r=0.0 |" in table and "| r=1.0 |" in table and "| paper |" in table
     # the MM-WHS challenge's grid too: the same cases and structures, scored at 1 mm (the tiny
     # phantom is at 4 mm: a nearest-neighbour x4 upsampling keeps the overlaps close)

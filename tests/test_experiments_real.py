@@ -130,7 +130,7 @@ def test_mscmrseg_experiment_pools_translates_and_tables(tiny_mscmrseg, tmp_path
     assert anatomy["anatomy_dice"].between(0, 1).all()
     assert np.allclose(anatomy["ratio_to_real"],
                        anatomy["anatomy_dice"] / anatomy["segmenter_real_dice"])
-    table = (run / "table.md").read_text()
+    table = (run / "table.md").read_text(encoding="utf-8")
     assert "| setting | LV Dice % | RV Dice % | Myo Dice % | LV HD mm | RV HD mm | Myo HD mm |" \
         in table and "no published row" in table              # per-structure Dice and HD
     summary = pd.read_csv(run / "summary.csv")
@@ -152,7 +152,7 @@ def test_acdc_experiment_script_end_to_end(tiny_acdc, tmp_path):
     assert sorted(set(per_case["case"])) == sorted(test_ids) and len(test_ids) == 2
     assert not set(test_ids) & set(settings["cohort"]["splits"][0]["train"])
     assert set(per_case["structure"]) >= {"RV", "Myo", "LV"}
-    assert "Dangi" in (run / "table.md").read_text()
+    assert "Dangi" in (run / "table.md").read_text(encoding="utf-8")
     # an MTN setting on a single-modality set is a clear one-line error
     with pytest.raises(UserError, match="source-domain"):
         run_experiment("acdc", [Setting("x", mtn=True)], get_preset("tiny"), tmp_path / "x",

@@ -9,7 +9,9 @@ raises :class:`~cm_trancaf.utils.UserError` naming the file and the problem.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import locale
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import SimpleITK as sitk
 from ..utils import UserError, atomic_path
 
 __all__ = ["Geometry", "read_image", "read_label", "write_image", "check_same_grid", "quiet_itk",
-           "case_id_of", "list_images", "label_files", "dicom_series", "IMAGE_EXTENSIONS",
+           "case_id_of", "list_images", "label_files", "dicom_series", "keep_locale", "IMAGE_EXTENSIONS",
            "LABEL_SUFFIXES"]
 
 
@@ -105,23 +107,37 @@ def _check_nifti(path: Path) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def keep_locale():
+    """Restore the process's locale afterwards: GDCM (ITK's DICOM I/O) switches it to "C", which
+    would make every later text file default to ASCII."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def dicom_series(folder: Path) -> list[str] | None:
     """The files of the one DICOM series in ``folder``, sorted along the slice normal (GDCM);
     None when the folder holds no DICOM series; UserError when it holds several."""
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not ids:
-        return None
-    if len(ids) > 1:
-        raise UserError(f"{folder}: {len(ids)} DICOM series in one folder ({', '.join(ids[:3])}"
-                        f"{' ...' if len(ids) > 3 else ''}); put each series in its own folder")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+    with keep_locale():
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        if not ids:
+            return None
+        if len(ids) > 1:
+            raise UserError(f"{folder}: {len(ids)} DICOM series in one folder "
+                            f"({', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}); put each "
+                            f"series in its own folder")
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
 
 
 def _read_dicom(folder: Path, files: list[str], what: str) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
-        image = reader.Execute()
+        with keep_locale():
+            image = reader.Execute()
     except RuntimeError as e:
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "unknown error")
         raise UserError(f"{folder}: not a readable DICOM series ({what}; {first[:200]})") from None
