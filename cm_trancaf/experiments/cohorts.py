@@ -41,15 +41,6 @@ def kfold_splits(case_ids: list[str], folds: int, seed: int) -> list[tuple[list[
     return [([c for c in case_ids if c not in set(p)], p) for p in parts]
 
 
-def kfold_splits(case_ids: list[str], folds: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    """(train, test) id lists; every case is tested exactly once; reproducible from the seed."""
-    if folds < 2 or folds > len(case_ids):
-        raise UserError(f"--folds {folds}: need 2 <= folds <= number of cases ({len(case_ids)})")
-    order = [case_ids[i] for i in np.random.default_rng(seed).permutation(len(case_ids))]
-    parts = [sorted(order[f::folds]) for f in range(folds)]
-    return [([c for c in case_ids if c not in set(p)], p) for p in parts]
-
-
 def _split_ids(ids: list[str], seed: int, *sizes: int) -> list[list[str]]:
     """Disjoint groups of the given sizes (the last gets the rest when its size is None), drawn
     reproducibly from the seed; each group sorted."""
