@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -25,13 +24,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cm_trancaf.utils import peak_memory_gb
+
 VARIANTS = {"float32": ("float32", False), "bf16": ("mixed_bfloat16", False),
             "fp16": ("mixed_float16", False), "xla": ("float32", True),
             "bf16+xla": ("mixed_bfloat16", True)}
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_memory_gb() * 1024
 
 
 def _device() -> str:

@@ -268,20 +268,28 @@ def run_guarded(command: str, fn) -> int:
 
 
 def _runtime_start(args):
-    """What starts TensorFlow's runtime for this command: the multiworker strategy when the
-    config asks for it (it must come first), else None (list the devices). A bad config is left
-    for the command itself to report."""
+    """What starts TensorFlow's runtime for this command, from its config: with
+    ``run.deterministic`` one inter-op thread first (fixed at start-up, ``use_determinism``); the
+    multiworker strategy when the config asks for it (collective ops are configured at start-up);
+    else None (list the devices). A bad config is left for the command itself to report."""
     if not hasattr(args, "overrides"):
         return None
     try:
-        strategy = _config(args).run.strategy
+        run = _config(args).run
     except (UserError, ConfigError):
         return None
-    if strategy != "multiworker":
+    if run.strategy != "multiworker" and not run.deterministic:
         return None
 
     def start():
+        import tensorflow as tf
+        from .train.loop import use_determinism
         from .train.scale import get_strategy
+        if run.deterministic:
+            use_determinism()
+        if run.strategy != "multiworker":
+            tf.config.list_logical_devices()
+            return
         try:
             get_strategy("multiworker")
         except UserError:                          # no TF_CONFIG: the command says so

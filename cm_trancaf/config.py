@@ -141,7 +141,7 @@ class RunConfig:
     strategy: str = "default"                  # tf.distribute: default | mirrored | multiworker
     precision: str = "float32"                 # float32 | mixed_float16 | mixed_bfloat16
     jit_compile: bool = False                  # XLA for each step's forward + backward pass
-    deterministic: bool = False                # TF op determinism: bitwise-identical resume
+    deterministic: bool = False                # TF op determinism + 1 inter-op thread: bitwise resume
     on_nonfinite: str = "stop"                 # NaN/Inf loss or gradient: stop | skip the step
     log_every: int = 50                        # steps between log.csv / TensorBoard rows
 

@@ -1,4 +1,4 @@
-"""Small shared helpers: user-facing errors and atomic file writes."""
+"""Small shared helpers: user-facing errors, atomic file writes, the TF start-up, peak memory."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["UserError", "atomic_path", "atomic_dir", "atomic_write_text", "import_tensorflow_quietly"]
+__all__ = ["UserError", "atomic_path", "atomic_dir", "atomic_write_text", "import_tensorflow_quietly",
+           "peak_memory_gb"]
 
 
 class UserError(Exception):
@@ -78,3 +79,18 @@ def import_tensorflow_quietly(verbose: bool = False, start=None) -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def peak_memory_gb() -> float:
+    """This process's peak resident memory (GiB): ``VmHWM`` of ``/proc/self/status``.
+
+    Not ``ru_maxrss``: Linux keeps it across ``execve``, so a child started by a large process
+    (pytest holding a 512 x 512 x 240 phantom) reports its parent's size at the fork as its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2 ** 20                  # kB
+    except OSError:
+        pass
+    import resource                      # no /proc (macOS): ru_maxrss, in bytes there
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 30

@@ -1,6 +1,8 @@
 """Volume I/O: geometry kept, and every bad input gives a UserError that names the file."""
 import gzip
+import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +102,20 @@ def test_label_set_maps_codes_both_ways():
     np.testing.assert_array_equal(ls.to_codes(classes), codes)
     with pytest.raises(UserError, match="unknown label codes"):
         ls.to_classes(np.array([0, 1]), "x.nii.gz")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_peak_memory_of_a_child_is_its_own_not_its_parents(tmp_path):
+    """The paper-scale smoke reports a child's peak memory: ``ru_maxrss`` there is at least the
+    parent's resident size at the fork (Linux keeps it across exec); ``peak_memory_gb`` is not."""
+    import subprocess
+    import sys
+    held = np.ones(400 * 2 ** 20 // 8)                                 # the parent holds 400 MiB
+    script = ("import json, resource; from cm_trancaf.utils import peak_memory_gb; "
+              "print(json.dumps([peak_memory_gb(), "
+              "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20]))")
+    own, maxrss = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                            text=True, check=True).stdout)
+    assert maxrss > 0.39                                   # the inherited figure
+    assert own < 0.2                                       # a bare Python + numpy: ~30 MB
+    assert held.sum() > 0

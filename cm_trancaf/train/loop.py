@@ -12,8 +12,9 @@ Run folder: ``config.json``, ``ckpt/last/``, ``ckpt/best/``, ``log.csv``, ``tb/`
 ``summary.json``. Resume: the last checkpoint gives the step; the data pipeline restarts at sample
 ``step * batch`` (its samples are seeded by index), so a resumed run sees the same data. A
 checkpoint that cannot be read (half-written, corrupt) is skipped for the previous one, with a
-warning. With ``run.deterministic`` (TF op determinism) a killed and resumed run ends with the
-same weights, bit for bit, as an uninterrupted one (``tests/test_reliability.py``).
+warning. With ``run.deterministic`` (TF op determinism, one inter-op thread:
+:func:`use_determinism`) a killed and resumed run ends with the same weights, bit for bit, as an
+uninterrupted one (``tests/test_reliability.py``).
 
 Checkpoint I/O (the flat variable maps, fallback past unreadable checkpoints): ``checkpoint``.
 """
@@ -23,6 +24,7 @@ import csv
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,7 +36,7 @@ from tqdm import tqdm
 from ..checkpoint import restore_latest, variables_checkpoint
 from ..utils import UserError, atomic_write_text
 
-__all__ = ["Run", "train_loop", "apply_if_finite", "NonFiniteError"]
+__all__ = ["Run", "train_loop", "apply_if_finite", "NonFiniteError", "use_determinism"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -98,12 +100,36 @@ class Run:
     on_restore: Callable[[], None] | None = None    # after resuming from one
 
 
+def use_determinism() -> bool:
+    """TF op determinism plus ONE inter-op thread; True when both hold.
+
+    Op determinism alone is not enough on the CPU: with several inter-op threads, independent ops
+    of a step run concurrently and, about one run in four, the MTN's weights (GroupNorm betas and
+    their Adam moments) differ in the last bit between two identical runs (15 runs: 4 differed;
+    with one inter-op thread 15 of 15 were identical). The thread count is fixed when TensorFlow's
+    runtime starts: call this first (the CLI does, before anything else starts the runtime); if
+    the runtime is already running with more threads, a warning says that bitwise reproducibility
+    is not guaranteed."""
+    tf.config.experimental.enable_op_determinism()
+    if tf.config.threading.get_inter_op_parallelism_threads() == 1:
+        return True
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        return True
+    except RuntimeError:
+        warnings.warn("run.deterministic: TensorFlow's runtime was started with several inter-op "
+                      "threads, so concurrent ops may change the last bits of a run; call "
+                      "cm_trancaf.train.loop.use_determinism() before anything else uses "
+                      "TensorFlow", RuntimeWarning, stacklevel=2)
+        return False
+
+
 def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callable) -> dict:
     """Run (or resume) training; returns the summary written to ``summary.json``."""
     if run.on_nonfinite not in ("stop", "skip"):
         raise UserError(f"run.on_nonfinite must be stop|skip, got {run.on_nonfinite!r}")
     if run.deterministic:
-        tf.config.experimental.enable_op_determinism()
+        use_determinism()
     run.run_dir.mkdir(parents=True, exist_ok=True)
     step_var = tf.Variable(0, dtype=tf.int64)
     ckpt = variables_checkpoint(step=step_var, **run.objects)
