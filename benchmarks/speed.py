@@ -135,7 +135,7 @@ def predict_rows(cfg_name: str, work: Path, size) -> list[dict]:
     from cm_trancaf.config import apply_overrides, get_preset
     from cm_trancaf.data import phantom
     from cm_trancaf.data.io import read_image, write_image
-    from cm_trancaf.inference import Cascade
+    from cm_trancaf.predict import predict_files
     from cm_trancaf.train.seg import train_segmentation
     run = work / f"run_{cfg_name}"
     if not (run / "scn" / "summary.json").exists():
@@ -150,22 +150,14 @@ def predict_rows(cfg_name: str, work: Path, size) -> list[dict]:
         img, _ = phantom.make_case(phantom.random_anatomy(rng), "ct", rng, spacing,
                                    tuple(n * s for n, s in zip(size, spacing)))
         write_image(img, big)
-    cascade = Cascade.load(run)
-    rows = []
-    for repeat in range(2):                         # the first call includes tracing
-        t0 = time.perf_counter()
-        image = read_image(big)
-        prof = {"read": time.perf_counter() - t0}
-        label = cascade.predict_image(image, "ct", prof)
-        t1 = time.perf_counter()
-        write_image(label, work / "pred_label.nii.gz")
-        prof["write"] = time.perf_counter() - t1
+    # the predict stage as the CLI runs it; the same image twice: the first includes tracing
+    timings: list = []
+    predict_files(run, [big, big], work / "pred", "ct", overwrite=True, timings=timings)
+    _, prof = timings[-1]
     prof["total"] = sum(prof.values())
-    for stage, sec in prof.items():
-        rows.append({"preset": cfg_name, "module": "predict", "variant": stage,
-                     "shape": "x".join(map(str, image.GetSize())), "seconds": sec,
-                     "peak_mb": peak_mb()})
-    return rows
+    shape = "x".join(map(str, read_image(big).GetSize()))
+    return [{"preset": cfg_name, "module": "predict", "variant": stage, "shape": shape,
+             "seconds": sec, "peak_mb": peak_mb()} for stage, sec in prof.items()]
 
 
 def main(argv=None) -> int:

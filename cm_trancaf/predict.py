@@ -28,11 +28,13 @@ def predict_files(run_dir: str | Path, inputs, out_dir: str | Path,
                   modality: str | None = None, overwrite: bool = False, iso1mm: bool = False,
                   probs: bool = False, profile: bool = False, precision: str = "float32",
                   jit_compile: bool = False, with_scn: bool = True,
-                  traces: dict | None = None) -> list[Path]:
+                  traces: dict | None = None, timings: list | None = None) -> list[Path]:
     """Predict every input image (a folder, a file, or a list of files); returns the label files
     (finished cases are skipped unless ``overwrite``). ``with_scn=False``: the run's MAUNet alone
     (a paired SCN ablation); ``traces`` receives each predicted case's localizer and ROI centres
-    (``Cascade.segment``).
+    (``Cascade.segment``); ``timings`` gets ``(case id, {stage: seconds})`` for each predicted
+    case in order (read, preprocess, localize, crop, maunet, scn, paste, paste_back, write), as
+    ``profile`` prints them (``benchmarks/speed.py``).
 
     I/O overlaps compute: the next image is read and the previous outputs are written in
     background threads while the networks run (SimpleITK and TensorFlow release the GIL)."""
@@ -78,6 +80,8 @@ def predict_files(run_dir: str | Path, inputs, out_dir: str | Path,
             result = cascade.predict_image(image, modality, timing, with_probs=probs, trace=trace)
             if traces is not None:
                 traces[case_id_of(path)] = trace
+            if timings is not None:
+                timings.append((case_id_of(path), timing))   # "write" is added once written
             label, prob_img = result if probs else (result, None)
             if pending_write is not None:
                 pending_write.result()                         # at most one case in flight

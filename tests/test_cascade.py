@@ -103,11 +103,19 @@ def test_exported_savedmodel_predicts_the_same_labels(seg_run, tiny_phantom, tmp
 
 
 def test_profile_stages_xla_and_bf16_prediction(seg_run, tiny_phantom, tmp_path, capsys):
-    a = predict_files(seg_run, tiny_phantom / "ct_test", tmp_path / "f32", profile=True)
+    timings = []
+    a = predict_files(seg_run, tiny_phantom / "ct_test", tmp_path / "f32", profile=True,
+                      timings=timings)
     out = capsys.readouterr().out
-    for stage in ("read", "preprocess", "localize", "crop", "maunet", "scn", "paste",
-                  "paste_back", "write", "total"):
+    stages = ("read", "preprocess", "localize", "crop", "maunet", "scn", "paste", "paste_back",
+              "write")
+    for stage in stages + ("total",):
         assert f"{stage} " in out, (stage, out)
+    # the same numbers come back to a caller (benchmarks/speed.py), one entry per case, in order
+    assert [cid for cid, _ in timings] == [p.name.replace("_label.nii.gz", "") for p in a]
+    for cid, t in timings:
+        assert set(t) == set(stages) and all(v >= 0 for v in t.values())
+        assert f"{cid}: " + ", ".join(f"{k} {t[k]:.2f}s" for k in t) in out
     # the networks under XLA and bfloat16 against float32, on the same ROI (this cascade is
     # barely trained: near-uniform probabilities, so labels would flip on rounding alone)
     from cm_trancaf.data.io import read_image
