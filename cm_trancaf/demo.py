@@ -17,14 +17,13 @@ from . import plots
 from .config import apply_overrides, get_preset
 from .data import phantom
 from .data.datasets import mmwhs_cases
-from .experiments.runner import Setting, run_experiment
+from .experiments.runner import PHANTOM_CASES, Setting, run_experiment
 from .metrics import summarize
 from .reporting import format_summary
 
 __all__ = ["run_demo", "DEMO_SETTING"]
 
 DEMO_SETTING = "CM-TranCaF (demo)"
-PHANTOM = {"n_ct": 6, "n_mr": 6, "n_test": 4}
 
 
 def run_demo(out: Path, preset: str = "demo", seed: int = 0, overrides=None,
@@ -38,7 +37,7 @@ def run_demo(out: Path, preset: str = "demo", seed: int = 0, overrides=None,
     t0 = time.time()
     data = out / "work" / "phantom"
     if not (data / "phantom.json").exists():
-        phantom.write_dataset(data, **PHANTOM, seed=seed)
+        phantom.write_dataset(data, *PHANTOM_CASES, seed=seed)   # 6 CT, 6 MRI, 4 test CT
     phantom.preview(data, out / "phantom_preview.png")
     print(f"[{time.time() - t0:5.0f}s] phantom ready: {data} (preview {out / 'phantom_preview.png'})")
     setting = Setting(DEMO_SETTING, mtn=with_mtn, ratio=cfg.data.ratio)

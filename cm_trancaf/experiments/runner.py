@@ -41,7 +41,7 @@ from ..utils import UserError, atomic_path, atomic_write_text
 from .cohorts import Cohort, mmwhs_cohort
 from .report import anatomy_table, markdown_table, summarize_experiment
 
-__all__ = ["Setting", "run_experiment"]
+__all__ = ["PHANTOM_CASES", "Setting", "run_experiment"]
 
 PHANTOM_CASES = (6, 6, 4)          # the built-in phantom's CT train, MRI train and CT test cases
 
