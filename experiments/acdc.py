@@ -1,17 +1,20 @@
 """ACDC: single-modality segmentation of real cine MRI (3 classes: RV, Myo, LV).
 
 Localizer + MAUNet + SCN trained on ACDC patients, tested on --n-test held-out patients drawn at
-random (--split-seed); the SCN-off row shares nothing but the data.
+random (--split-seed); the SCN-off row is the same MAUNet without its SCN (paired).
+Choose settings with --dev N (N of the training patients tested, the test patients unread).
 
     python experiments/acdc.py --data ../shared/data/acdc                      # cmr_cpu, 2 cores
     python experiments/acdc.py --data /data/ACDC --preset cmr --seeds 3        # GPU
+    python experiments/acdc.py --data ../shared/data/acdc --dev 15             # choose settings
 Results: results/acdc/<preset>/{per_case.csv, summary.csv, table.md, settings.json}.
 """
 import sys
 
 from cm_trancaf.experiments import Setting, main
 
-SETTINGS = [Setting("MAUNet + SCN"), Setting("MAUNet (SCN off)", ("scn.enabled=False",))]
+SETTINGS = [Setting("MAUNet + SCN"),
+            Setting("MAUNet (SCN off)", ("scn.enabled=False",), same_run_as="MAUNet + SCN")]
 # A 2D U-Net on the 100 ACDC training patients (Dangi et al., Med Phys 2019, Table II, "UNet"),
 # mean of RV, Myo, LV: https://pmc.ncbi.nlm.nih.gov/articles/PMC7372294/table/T2
 PUBLISHED = {"U-Net, ED (Dangi et al. 2019)": {"WHS_mean dice": 91.6, "WHS_mean jaccard": 85.0,

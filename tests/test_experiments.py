@@ -83,6 +83,24 @@ def test_kfold_splits_test_every_case_once():
         kfold_splits(ids, 12, 0)
 
 
+def test_dev_split_tests_training_cases_only_and_drops_the_test_cases():
+    from types import SimpleNamespace as Case
+    from cm_trancaf.experiments.cohorts import Cohort, dev_cohort
+    case = lambda i: Case(case_id=f"p{i:03d}")
+    train, test = [case(i) for i in range(12)], [case(i) for i in range(12, 16)]
+    cohort = Cohort(Path("."), ((train, test),), mtn_target=tuple(train + test))
+    dev = dev_cohort(cohort, 3, seed=1)
+    (dtrain, dtest), = dev.splits
+    ids = lambda cs: {c.case_id for c in cs}
+    assert len(dtest) == 3 and ids(dtest) <= ids(train) and len(dtrain) == 9
+    assert not ids(dtrain) & ids(dtest)
+    # nothing of the real test set is read, not even by the MTN
+    assert not (ids(dtrain) | ids(dtest) | ids(dev.mtn_target)) & ids(test)
+    assert dev_cohort(cohort, 3, seed=1).splits == dev.splits
+    with pytest.raises(UserError, match="--dev"):
+        dev_cohort(cohort, 11)
+
+
 def test_cross_validation_tests_each_training_case(tiny_phantom, tmp_path):
     settings = [Setting("cascade", mtn=True, ratio=1.0),
                 Setting("SCN off", ("scn.enabled=False",), same_run_as="cascade")]

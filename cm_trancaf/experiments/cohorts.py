@@ -2,7 +2,7 @@
 test LGE patients beside the labelled bSSFP source, ACDC's held-out patients."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,7 @@ import numpy as np
 from ..data.datasets import acdc_cases, mmwhs_cases, mscmrseg_cases
 from ..utils import UserError
 
-__all__ = ["Cohort", "kfold_splits", "mmwhs_cohort", "mscmrseg_cohort", "acdc_cohort"]
+__all__ = ["Cohort", "kfold_splits", "mmwhs_cohort", "mscmrseg_cohort", "acdc_cohort", "dev_cohort"]
 
 
 @dataclass(frozen=True)
@@ -101,3 +101,20 @@ def acdc_cohort(data: Path, n_test: int = 20, n_train: int | None = None, seed: 
         raise UserError(f"{data}: {len(cases)} labelled ACDC patients, need at least {n_test + 2}")
     te, tr = _split_ids(sorted(cases), seed, n_test, n_train)
     return Cohort(Path(data), (([cases[i] for i in tr], [cases[i] for i in te]),), layout="acdc")
+
+
+def dev_cohort(cohort: Cohort, n_dev: int, seed: int = 0) -> Cohort:
+    """The development split for choosing settings: in each fold, ``n_dev`` of the *training* cases
+    (drawn reproducibly from the seed) become the test set and the rest train; the fold's test
+    cases are dropped, so nothing chosen on a dev run has seen them."""
+    splits = []
+    for train, _test in cohort.splits:
+        if not 1 <= n_dev <= len(train) - 2:
+            raise UserError(f"--dev {n_dev}: need 1 <= n <= {len(train) - 2} (the fold has "
+                            f"{len(train)} training cases)")
+        by_id = {c.case_id: c for c in train}
+        dev, rest = _split_ids(sorted(by_id), seed, n_dev, None)
+        splits.append(([by_id[i] for i in rest], [by_id[i] for i in dev]))
+    test_ids = {c.case_id for _, te in cohort.splits for c in te}
+    mtn_target = tuple(c for c in cohort.mtn_target if c.case_id not in test_ids)
+    return replace(cohort, splits=tuple(splits), mtn_target=mtn_target)

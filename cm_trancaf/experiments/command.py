@@ -8,7 +8,7 @@ from pathlib import Path
 from ..cli import run_guarded
 from ..config import apply_overrides, get_preset
 from ..utils import UserError, import_tensorflow_quietly
-from .cohorts import acdc_cohort, mscmrseg_cohort
+from .cohorts import acdc_cohort, dev_cohort, mscmrseg_cohort
 from .runner import Setting, run_experiment
 
 __all__ = ["main"]
@@ -53,6 +53,10 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
         p.add_argument("--n-train", type=int, default=None,
                        help="training patients (default: all the others)")
     if not mmwhs:
+        p.add_argument("--dev", type=int, default=0, metavar="N",
+                       help="choose settings on a development split: N of the training patients "
+                            "are tested instead of the test patients, which are not read (run "
+                            "named <preset>_dev)")
         p.add_argument("--split-seed", type=int, default=0, help="seed of the patient split")
     p.add_argument("--seeds", type=int, default=1, help="seeds per setting (mean +- std over all)")
     p.add_argument("--only", action="append", help="run only these settings (repeatable)")
@@ -79,10 +83,13 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
                                      args.split_seed, args.source, args.target)
         elif dataset == "acdc":
             cohort = acdc_cohort(Path(args.data), args.n_test, args.n_train, args.split_seed)
+        if getattr(args, "dev", 0):
+            cohort = dev_cohort(cohort, args.dev, args.split_seed)
         else:
             folds = args.folds if args.folds is not None else (
                 (default_folds or 5) if args.data else 0)
-        run = args.run or preset + ("_without_mtn" if getattr(args, "without_mtn", False) else "")
+        run = args.run or preset + ("_without_mtn" if getattr(args, "without_mtn", False) else "") \
+            + ("_dev" if getattr(args, "dev", 0) else "")
         run_experiment(name, chosen, base, Path(args.out) / name / run,
                        Path(args.data) if args.data else None, args.seeds, folds, published,
                        cohort, note, catalogue)
