@@ -37,6 +37,10 @@ class DataConfig:
     enhance: str = "unsharp"                   # none | unsharp | clahe; SPEC "texture enhancement"
     enhance_sigma_mm: float = 3.0              # unsharp: Gaussian sigma (one working voxel)
     enhance_amount: float = 0.5                # unsharp: weight of the high-pass added back
+    # Gaussian low-pass before an image is resampled onto a coarser working grid (anti-aliasing);
+    # per axis FWHM sqrt(t^2 - s^2) for source spacing s, working spacing t (0 where t <= s).
+    # Paper silent; off as measured in the README ("Choices").
+    antialias: bool = False
     ct_window: tuple[float, float] = (-1000.0, 1000.0)    # HU clipped, then scaled to [-1, 1]
     mr_percentiles: tuple[float, float] = (1.0, 99.0)     # per volume, scaled to [-1, 1]
     # MRI written by ``translate`` (G_m): [-1, 1] onto this range, arbitrary units (the per-volume

@@ -8,7 +8,7 @@ from cm_trancaf.data.datasets import LABEL_SETS, Case, load_case, mmwhs_cases
 from cm_trancaf.data.io import Geometry
 from cm_trancaf.data.preprocess import (argmax_resample, crop, foreground_center, index_to_mm,
                                         mm_to_index, normalize, paste, prepare, probs_to_source,
-                                        to_source, working_grid)
+                                        resample, to_source, working_grid)
 
 from conftest import need_shared
 
@@ -163,3 +163,33 @@ def test_histogram_matching_maps_quantiles_onto_the_reference():
     assert before > 0.3 * np.ptp(ref_arr)                        # they were far apart
     order = np.argsort(src_arr.ravel())
     assert np.all(np.diff(o.ravel()[order]) >= -1e-3)            # monotone
+
+
+def _wave(cycles_per_mm: float) -> sitk.Image:
+    """A cosine along x on a 1 mm grid (120 x 24 x 24 voxels)."""
+    x = np.arange(120, dtype=np.float32)
+    arr = np.broadcast_to(np.cos(2 * np.pi * cycles_per_mm * x), (24, 24, 120)).copy()
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.0, 1.0, 1.0))
+    return img
+
+
+@pytest.mark.parametrize("cycles_per_mm, antialiased_amplitude", [
+    (0.30, (0.0, 0.2)),      # above the 3 mm grid's Nyquist (1/6 per mm): would alias to 1/30 per mm
+    (0.03, (0.9, 1.01)),     # well below it: kept
+])
+def test_antialias_removes_what_a_coarser_grid_cannot_hold_and_keeps_the_rest(
+        cycles_per_mm, antialiased_amplitude):
+    from cm_trancaf.data.preprocess import antialias, antialias_sigmas
+    img = _wave(cycles_per_mm)
+    grid = working_grid(img, (3.0, 3.0, 3.0))
+    amplitude = lambda im: float(np.abs(sitk.GetArrayViewFromImage(
+        resample(im, grid))[4, 4, 3:-3]).max())
+    plain, filtered = amplitude(img), amplitude(antialias(img, (3.0, 3.0, 3.0)))
+    # without the filter the 3 mm samples of the fast wave are a full-amplitude slow wave (aliasing)
+    assert plain > 0.9
+    lo, hi = antialiased_amplitude
+    assert lo <= filtered <= hi
+    # FWHM of sqrt(t^2 - s^2), none where the target is not coarser
+    np.testing.assert_allclose(antialias_sigmas((1.0, 3.0, 4.0), (3.0, 3.0, 3.0)),
+                               [np.sqrt(8.0) / 2.3548, 0.0, 0.0], rtol=1e-4)

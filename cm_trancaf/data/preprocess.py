@@ -1,6 +1,7 @@
 """Preprocessing (SPEC "Data pipeline") and its exact inverse.
 
     source image (any grid, any orientation)
+      -> (optional, ``data.antialias``) Gaussian low-pass of the axes the working grid coarsens
       -> resample onto the working grid: identity direction (ITK LPS axes, the one canonical
          orientation), configured spacing (3 mm CT, SPEC "spacing index 3"), covering the whole
          source extent; linear for images, nearest or one-hot linear + argmax for labels
@@ -29,7 +30,7 @@ import SimpleITK as sitk
 from ..config import DataConfig
 from .io import Geometry
 
-__all__ = ["Prepared", "working_grid", "resample", "resample_labels", "enhance", "normalize",
+__all__ = ["Prepared", "working_grid", "resample", "resample_labels", "antialias", "enhance", "normalize",
            "prepare", "crop", "paste", "foreground_center", "to_source", "probs_to_source",
            "source_box", "argmax_resample", "index_to_mm",
            "mm_to_index"]
@@ -108,6 +109,32 @@ def resample_labels(label: sitk.Image, grid: Geometry, num_classes: int,
     return out
 
 
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))     # 2.355: a Gaussian's FWHM / sigma
+
+
+def antialias_sigmas(source_spacing, target_spacing) -> np.ndarray:
+    """Gaussian sigma (mm) per axis that brings a grid of spacing s to a resolution (FWHM) of t:
+    FWHM_added = sqrt(t^2 - s^2), 0 where the target is not coarser."""
+    s, t = np.asarray(source_spacing, float), np.asarray(target_spacing, float)
+    return np.sqrt(np.maximum(t ** 2 - s ** 2, 0.0)) / FWHM_PER_SIGMA
+
+
+def antialias(image: sitk.Image, target_spacing) -> sitk.Image:
+    """Low-pass ``image`` before resampling it onto a grid of ``target_spacing`` (mm, x y z):
+    a Gaussian per axis (:func:`antialias_sigmas`, in physical units), along the image's own
+    axes (for an oblique direction, the axis-aligned target spacing is matched to the nearest
+    image axis by the largest direction cosine)."""
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    # image axis i runs along world axis argmax |direction[:, i]|
+    target = np.asarray(target_spacing, float)[np.argmax(np.abs(direction), axis=0)]
+    sigma = antialias_sigmas(image.GetSpacing(), target)
+    if not np.any(sigma > 0):
+        return image
+    smooth = sitk.SmoothingRecursiveGaussianImageFilter()
+    smooth.SetSigma([float(v) for v in sigma])
+    return smooth.Execute(image)
+
+
 def enhance(image: sitk.Image, cfg: DataConfig) -> sitk.Image:
     """Texture enhancement (SPEC): unsharp masking | CLAHE | none, on the working grid."""
     if cfg.enhance == "none":
@@ -154,6 +181,8 @@ def prepare(image: sitk.Image, label: sitk.Image | None, cfg: DataConfig, modali
     image = sitk.Cast(image, sitk.sitkFloat32)       # int16 CT straight from a scanner too
     grid = working_grid(image, cfg.spacing)
     background = float(np.min(sitk.GetArrayViewFromImage(image)))
+    if cfg.antialias:
+        image = antialias(image, cfg.spacing)
     work = enhance(resample(image, grid, sitk.sitkLinear, background), cfg)
     arr = normalize(sitk.GetArrayFromImage(work), modality, cfg)
     lab = None
