@@ -124,7 +124,8 @@ def cmd_train_mtn(args) -> int:
 
 def cmd_translate(args) -> int:
     from .translate import translate_folder
-    rows = translate_folder(args.run, args.input, args.out, overwrite=args.overwrite)
+    rows = translate_folder(args.run, args.input, args.out, overwrite=args.overwrite,
+                            grid=args.grid)
     print(f"translated {len(rows)} volume(s) into {args.out} (manifest.csv)")
     return 0
 
@@ -207,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="an image or a folder (labels beside are copied)")
     p.add_argument("--out", required=True, help="output folder (<case>_image/_label, manifest.csv)")
     p.add_argument("--overwrite", action="store_true", help="redo cases already written")
+    p.add_argument("--grid", choices=["source", "working"], default="source",
+                   help="write on each source image's grid, or on the working grid G_c made it on "
+                        "(enhanced once; what train-seg --generated reads best)")
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("predict", help="segment whole volumes onto each input's exact grid")

@@ -156,13 +156,14 @@ class Cascade:
 
     def predict_image(self, image: sitk.Image, modality: str | None = None,
                       profile: dict | None = None, with_probs: bool = False,
-                      trace: dict | None = None):
+                      trace: dict | None = None, enhanced: bool = False):
         """Label map in the data set's codes on ``image``'s exact grid; with ``with_probs`` also
         the ROI probabilities as an image on the working grid. ``profile`` receives the seconds
-        of each stage (preprocess, localize, crop, maunet, scn, paste, paste_back)."""
+        of each stage (preprocess, localize, crop, maunet, scn, paste, paste_back).
+        ``enhanced``: an image already enhanced on the working grid (``translate --grid working``)."""
         clock = _Clock(profile)
         prep = prepare(image, None, self.cfg.data, modality or self.cfg.data.modality,
-                       self.labelset.num_classes)
+                       self.labelset.num_classes, enhanced=enhanced)
         clock("preprocess")
         classes, probs, start = self.segment(prep, profile=profile, trace=trace)
         clock.reset()

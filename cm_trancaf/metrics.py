@@ -156,7 +156,8 @@ def anatomy_score(segment: Callable[[sitk.Image], sitk.Image], cases: list[Case]
     rows = []
     for case in cases:
         image, truth = load_case(case, labelset)
-        pred = segment(image)
+        # an image enhanced once on the working grid (translate --grid working) is not enhanced again
+        pred = segment(image, enhanced=True) if case.enhanced else segment(image)
         classes = labelset.to_classes(sitk.GetArrayViewFromImage(pred), f"segmentation of {case.image}")
         rows += evaluate_case(classes, sitk.GetArrayViewFromImage(truth), truth.GetSpacing(),
                               labelset, case.case_id)

@@ -53,6 +53,35 @@ def test_translate_keeps_geometry_and_label_bytes(mtn_run, tiny_phantom, tmp_pat
         assert hu.min() >= -1000.5 and hu.max() <= 1000.5     # in the CT window (HU)
 
 
+def test_translate_on_the_working_grid_is_enhanced_and_resampled_once(mtn_run, tiny_phantom,
+                                                                     tmp_path):
+    """What training reads: G_c's output on its working grid; preprocessing then neither
+    resamples it (identity) nor enhances it again, and the labels are the source's codes."""
+    from cm_trancaf.config import load_config
+    from cm_trancaf.data.datasets import LABEL_SETS, generated_cases, load_case
+    from cm_trancaf.data.preprocess import normalize, prepare, working_grid
+    cfg = load_config(mtn_run / "config.json")
+    rows = translate_folder(mtn_run, tiny_phantom / "mr_train", tmp_path, grid="working")
+    assert {r["enhanced"] for r in rows} == {"yes"}
+    cases = generated_cases(tmp_path)
+    assert cases and all(c.enhanced and c.modality == "ct" for c in cases)
+    for r, case in zip(rows, cases):
+        src = sitk.ReadImage(r["source_image"])
+        out = sitk.ReadImage(r["image"])
+        assert Geometry.of(out) == working_grid(src, cfg.data.spacing)
+        lab_src = sitk.GetArrayFromImage(sitk.ReadImage(r["source_label"]))
+        lab_out = sitk.GetArrayFromImage(sitk.ReadImage(r["label"]))
+        assert set(np.unique(lab_out)) <= set(np.unique(lab_src)) and lab_out.any()
+        image, label = load_case(case, LABEL_SETS["mmwhs"])
+        prep = prepare(image, label, cfg.data, "ct", 8, enhanced=case.enhanced)
+        once = normalize(sitk.GetArrayFromImage(out), "ct", cfg.data)
+        np.testing.assert_allclose(prep.image, once, atol=1e-4)      # not enhanced again
+        twice = prepare(image, label, cfg.data, "ct", 8)             # what happened before
+        assert np.abs(twice.image - once).max() > 0.05
+    with pytest.raises(UserError, match="grid"):
+        translate_folder(mtn_run, tiny_phantom / "mr_train", tmp_path / "x", grid="native")
+
+
 def test_translate_rejects_wrong_inputs(mtn_run, tiny_phantom, tmp_path):
     vec = sitk.Compose([sitk.ReadImage(str(tiny_phantom / "mr_train/mr_train_1001_image.nii.gz"))] * 2)
     sitk.WriteImage(vec, str(tmp_path / "two_channel_image.nii.gz"))

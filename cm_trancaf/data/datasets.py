@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +101,9 @@ class Case:
     image: Path
     label: Path | None
     modality: str = "ct"
+    # the image is already texture-enhanced on the working grid (``translate --grid working``):
+    # preprocessing does not enhance it a second time
+    enhanced: bool = False
 
 
 def _need_dir(root: Path, what: str) -> Path:
@@ -174,16 +177,20 @@ def generic_cases(root: str | Path, image_glob: str = "*_image.nii*",
 def generated_cases(root: str | Path) -> list[Case]:
     """Synthetic images written by ``cm-trancaf translate``: ``<id>_image.nii.gz`` + ``<id>_label``,
     in the MTN's target modality as ``manifest.csv`` records it (``ct`` when it does not say):
-    synthetic LGE must be normalised as MRI, synthetic CT as CT."""
-    modality = "ct"
+    synthetic LGE must be normalised as MRI, synthetic CT as CT. Images written on the working grid
+    (manifest ``enhanced`` = yes) are G_c's output as it is: enhanced once, not again."""
+    modality, enhanced = "ct", False
     manifest = Path(root) / "manifest.csv"
     if manifest.is_file():
         with open(manifest, newline="") as f:
-            found = {row.get("modality") or "ct" for row in csv.DictReader(f)}
+            rows = list(csv.DictReader(f))
+        found = {row.get("modality") or "ct" for row in rows}
         if len(found) != 1 or not found <= {"ct", "mr"}:
             raise UserError(f"{manifest}: expected one modality (ct or mr), found {sorted(found)}")
         modality = found.pop()
-    return generic_cases(root, "*_image.nii*", ("_image", "_label"), modality=modality)
+        enhanced = bool(rows) and all(row.get("enhanced") == "yes" for row in rows)
+    cases = generic_cases(root, "*_image.nii*", ("_image", "_label"), modality=modality)
+    return [replace(c, enhanced=enhanced) for c in cases]
 
 
 def find_cases(root: str | Path, layout: str, **kw) -> list[Case]:

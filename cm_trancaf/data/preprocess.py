@@ -176,14 +176,19 @@ def normalize(arr: np.ndarray, modality: str, cfg: DataConfig) -> np.ndarray:
 
 
 def prepare(image: sitk.Image, label: sitk.Image | None, cfg: DataConfig, modality: str,
-            num_classes: int, case_id: str = "", label_mode: str = "nearest") -> Prepared:
-    """Source image (+ class map) -> :class:`Prepared` on the working grid."""
+            num_classes: int, case_id: str = "", label_mode: str = "nearest",
+            enhanced: bool = False) -> Prepared:
+    """Source image (+ class map) -> :class:`Prepared` on the working grid. ``enhanced``: the
+    image is already enhanced on this working grid (G_c's output), so it is not enhanced again
+    (and its resampling onto its own grid is the identity)."""
     image = sitk.Cast(image, sitk.sitkFloat32)       # int16 CT straight from a scanner too
     grid = working_grid(image, cfg.spacing)
     background = float(np.min(sitk.GetArrayViewFromImage(image)))
-    if cfg.antialias:
+    if cfg.antialias and not enhanced:
         image = antialias(image, cfg.spacing)
-    work = enhance(resample(image, grid, sitk.sitkLinear, background), cfg)
+    work = resample(image, grid, sitk.sitkLinear, background)
+    if not enhanced:
+        work = enhance(work, cfg)
     arr = normalize(sitk.GetArrayFromImage(work), modality, cfg)
     lab = None
     if label is not None:

@@ -89,7 +89,8 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
         train_mtn(cfg, cohort.data, run, layout=cohort.layout,
                   cases=(list(cohort.source), target))
     if not (out / "manifest.csv").exists():
-        translate_folder(run, cohort.source_dir, out)
+        # on the working grid: the synthetic images are enhanced and resampled once, as real ones
+        translate_folder(run, cohort.source_dir, out, grid="working")
     return out
 
 

@@ -47,7 +47,8 @@ def prepare_cases(cases: list[Case], labelset: LabelSet, cfg: ExperimentConfig) 
     for c in cases:
         image, label = load_case(c, labelset)
         modality = c.modality if c.modality in ("ct", "mr") else cfg.data.modality
-        out.append(prepare(image, label, cfg.data, modality, labelset.num_classes, c.case_id))
+        out.append(prepare(image, label, cfg.data, modality, labelset.num_classes, c.case_id,
+                           enhanced=c.enhanced))
     return out
 
 
