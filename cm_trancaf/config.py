@@ -39,7 +39,7 @@ class DataConfig:
     enhance_amount: float = 0.5                # unsharp: weight of the high-pass added back
     # Gaussian low-pass before an image is resampled onto a coarser working grid (anti-aliasing);
     # per axis FWHM sqrt(t^2 - s^2) for source spacing s, working spacing t (0 where t <= s).
-    # Paper silent; off as measured in the README ("Choices").
+    # Paper silent; off (the measured presets ran without it) until a paired run shows it helps.
     antialias: bool = False
     ct_window: tuple[float, float] = (-1000.0, 1000.0)    # HU clipped, then scaled to [-1, 1]
     mr_percentiles: tuple[float, float] = (1.0, 99.0)     # per volume, scaled to [-1, 1]
