@@ -4,6 +4,8 @@
     ratio_curve(summary)          mean Dice against the generated-data ratio r (table 2)
     ablation_heatmap(summary)     settings x structures Dice heatmap (tables 4-6)
     qualitative(run, image, label)  image, ground truth, prediction and AG maps, mid-slices
+    translation(rows)             source image, its translation G(source), a real target image,
+                                  each at the slice through its own LV centre (same level)
 ``summary`` is a ``summary.csv`` from ``cm_trancaf.experiments`` (a DataFrame or a path).
 """
 from __future__ import annotations
@@ -16,9 +18,10 @@ import pandas as pd
 import SimpleITK as sitk
 
 from .data.io import read_image, read_label
-from .data.preprocess import crop, prepare, resample_labels
+from .data.preprocess import crop, prepare, resample, resample_labels, working_grid
 
-__all__ = ["load_summary", "dice_bars", "ratio_curve", "ablation_heatmap", "qualitative"]
+__all__ = ["load_summary", "dice_bars", "ratio_curve", "ablation_heatmap", "qualitative",
+           "translation"]
 
 STRUCTURES = ["LV", "RV", "LA", "RA", "Myo", "AA", "PA"]
 
@@ -140,5 +143,41 @@ def qualitative(run_dir, image_path, label_path=None, modality: str | None = Non
             ax.imshow(vol[z], cmap=cmap)
         ax.set_title(title)
         ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def level_slice(image_path, label_path, code: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(image, label) axial slices through the centre of the structure with file ``code`` (all
+    foreground when ``code`` is None or absent), after resampling both onto an identity-direction
+    grid of the image's own spacing, so that every volume is shown in one orientation."""
+    image = read_image(image_path)
+    grid = working_grid(image, image.GetSpacing())
+    arr = sitk.GetArrayFromImage(resample(image, grid, sitk.sitkLinear,
+                                          float(np.min(sitk.GetArrayViewFromImage(image)))))
+    lab = sitk.GetArrayFromImage(resample(read_label(label_path), grid,
+                                          sitk.sitkNearestNeighbor, 0))
+    mask = lab == code if code is not None and np.any(lab == code) else lab > 0
+    z = int(round(np.argwhere(mask)[:, 0].mean())) if mask.any() else arr.shape[0] // 2
+    return arr[z], lab[z]
+
+
+def translation(rows, code: int | None = None, titles=("source", "G(source)", "real target")):
+    """One row per ``(source, synthetic, target)`` triple of ``(image, label)`` paths: the
+    images at the slice through the centre of structure ``code`` (e.g. MS-CMRSeg's LV, 500), with
+    the label contours; 1st-99th percentile window per panel."""
+    plt = _plt()
+    rows = list(rows)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows)), squeeze=False)
+    for r, triple in enumerate(rows):
+        for c, (image_path, label_path) in enumerate(triple):
+            img, lab = level_slice(image_path, label_path, code)
+            lo, hi = np.percentile(img, (1, 99))
+            ax = axes[r, c]
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+            if lab.any():
+                ax.contour(lab > 0, levels=[0.5], colors="y", linewidths=0.6)
+            ax.set_title(f"{titles[c]}: {Path(image_path).name.split('.nii')[0]}", fontsize=8)
+            ax.axis("off")
     fig.tight_layout()
     return fig

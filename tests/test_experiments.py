@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
 
 from cm_trancaf.config import get_preset
 from cm_trancaf.experiments import Setting, kfold_splits, run_experiment
@@ -44,6 +45,8 @@ def test_results_folder_and_summary_match_per_case_rows(results):
         assert got["dice_std"] == pytest.approx(rows["dice"].std(ddof=0), abs=1e-9)
     table = (run / "table.md").read_text(encoding="utf-8")
     assert "| r=0.0 |" in table and "| r=1.0 |" in table and "| paper |" in table
+    # the MTN's images beside their sources and a real CT, saved by the experiment
+    assert len(list((run / "figures").glob("translation_mtn_*.png"))) == 1
     # the MM-WHS challenge's grid too: the same cases and structures, scored at 1 mm (the tiny
     # phantom is at 4 mm: a nearest-neighbour x4 upsampling keeps the overlaps close)
     iso = pd.read_csv(run / "per_case_1mm.csv")
@@ -69,6 +72,26 @@ def test_rerun_skips_finished_training(results, tiny_phantom):
     assert ckpt.stat().st_mtime_ns == before
     # the settings not re-run keep their results
     assert set(df["setting"]) == {"r=0.0", "r=1.0", "r=0.5 no AG"} and len(df) == 3 * 2 * 9
+
+
+def test_translation_figure_shows_each_volume_at_its_own_lv_level(tmp_path):
+    """The source, synthetic and target panels are cut through each volume's own LV centre, in
+    one orientation whatever the file's direction."""
+    from cm_trancaf.plots import level_slice
+    img = np.zeros((12, 10, 10), np.float32)
+    lab = np.zeros((12, 10, 10), np.int16)
+    lab[8:11, 3:6, 3:6] = 500                        # LV around z = 9
+    lab[1:4, 3:6, 3:6] = 600                         # RV elsewhere
+    img[9] = 7.0
+    paths = []
+    for name, arr in (("i", img), ("l", lab)):
+        im = sitk.GetImageFromArray(arr)
+        im.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))            # z stored upside down
+        im.SetOrigin((0.0, 0.0, 11.0))
+        sitk.WriteImage(im, str(tmp_path / f"{name}.nii.gz"))
+        paths.append(tmp_path / f"{name}.nii.gz")
+    image, label = level_slice(*paths, code=500)
+    assert (label == 500).any() and not (label == 600).any() and np.all(image == 7.0)
 
 
 def test_kfold_splits_test_every_case_once():

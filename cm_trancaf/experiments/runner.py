@@ -150,6 +150,34 @@ def _anatomy(base, settings, by_name, cohort: Cohort, work: Path, seed: int, fol
     return out
 
 
+def _translation_figures(base, settings, cohort: Cohort, work: Path, seed: int, train_cases,
+                         test_cases, labelset, out: Path, n: int = 2) -> None:
+    """``figures/translation_<folder>.png`` for each kind of synthetic source images: ``n``
+    source images, their translations and real labelled target images (training cases) at the
+    level of the LV's centre (``plots.translation``)."""
+    import csv
+    from .. import plots
+    code = labelset.codes[labelset.names.index("LV")] if "LV" in labelset.names else None
+    targets = [c for c in train_cases if c.label is not None][:n]
+    for s in settings:
+        if not (s.mtn or s.harmonize) or s.same_run_as or not targets:
+            continue
+        folder = _source_folder(base, s, cohort, work, seed, test_cases)
+        png = out / f"translation_{s.name if s.harmonize else 'mtn'}_{folder.name}.png"
+        png = png.with_name(png.name.replace(" ", "_").replace("/", "_"))
+        if png.exists():
+            continue
+        with open(folder / "manifest.csv", newline="") as f:
+            made = [r for r in csv.DictReader(f) if r["label"]][:n]
+        rows = [((r["source_image"], r["source_label"]), (r["image"], r["label"]),
+                 (t.image, t.label)) for r, t in zip(made, targets * n)]
+        fig = plots.translation(rows, code, ("source", "synthetic", "real target"))
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(png, ".png") as tmp:
+            fig.savefig(tmp, dpi=90)
+        fig.clf()
+
+
 def _gt_center_mm(path: Path) -> np.ndarray:
     """Physical centre (x, y, z mm) of a label file's foreground."""
     label = read_image(path)
@@ -264,6 +292,9 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                       f"({time.time() - t0:.0f} s)", flush=True)
             anatomy_rows += _anatomy(base, settings, by_name, cohort, work, seed, fold,
                                      test_cases, rows, labelset)
+            if seed == 0 and fold == 0:
+                _translation_figures(base, settings, cohort, work, seed, train_cases, test_cases,
+                                     labelset, out / "figures")
             if anatomy_rows:
                 _write_csv(pd.DataFrame(anatomy_rows), out / "anatomy.csv")
     summary = summarize_experiment(df)
