@@ -159,6 +159,24 @@ def test_acdc_experiment_script_end_to_end(tiny_acdc, tmp_path):
                        cohort=acdc_cohort(tiny_acdc, n_test=2))
 
 
+def test_dev_flag_tests_training_patients_and_names_the_run(tiny_acdc, tmp_path, monkeypatch):
+    """``--dev N`` hands the runner a split of the training patients only (no training here)."""
+    from cm_trancaf.experiments import command
+    seen = {}
+    monkeypatch.setattr(command, "run_experiment",
+                        lambda name, chosen, base, out, data, seeds, folds, published, cohort,
+                        note, catalogue: seen.update(out=out, cohort=cohort))
+    argv = ["--data", str(tiny_acdc), "--preset", "tiny", "--n-test", "2", "--out", str(tmp_path)]
+    assert command.main("acdc", [Setting("a")], argv + ["--dev", "1"], dataset="acdc") == 0
+    (train, dev), = seen["cohort"].splits
+    (full_train, test), = acdc_cohort(tiny_acdc, n_test=2).splits
+    ids = lambda cases: {c.case_id for c in cases}
+    assert len(dev) == 1 and ids(dev) <= ids(full_train) and not (ids(train) | ids(dev)) & ids(test)
+    assert seen["out"] == tmp_path / "acdc" / "tiny_dev"
+    assert command.main("acdc", [Setting("a")], argv, dataset="acdc") == 0
+    assert seen["out"] == tmp_path / "acdc" / "tiny" and ids(seen["cohort"].splits[0][1]) == ids(test)
+
+
 def test_real_folders_list_every_patient_and_split_cleanly():
     c = mscmrseg_cohort(need_shared("mscmrseg"))
     (train, test), = c.splits

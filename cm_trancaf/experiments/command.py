@@ -83,11 +83,11 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
                                      args.split_seed, args.source, args.target)
         elif dataset == "acdc":
             cohort = acdc_cohort(Path(args.data), args.n_test, args.n_train, args.split_seed)
-        if getattr(args, "dev", 0):
-            cohort = dev_cohort(cohort, args.dev, args.split_seed)
         else:
             folds = args.folds if args.folds is not None else (
                 (default_folds or 5) if args.data else 0)
+        if cohort is not None and getattr(args, "dev", 0):
+            cohort = dev_cohort(cohort, args.dev, args.split_seed)
         run = args.run or preset + ("_without_mtn" if getattr(args, "without_mtn", False) else "") \
             + ("_dev" if getattr(args, "dev", 0) else "")
         run_experiment(name, chosen, base, Path(args.out) / name / run,
