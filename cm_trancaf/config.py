@@ -136,6 +136,11 @@ class InferenceConfig:
     # re-centre the ROI on the first pass's segmentation and segment again, this many times
     # (covers the localizer's error; paper silent: Payer crops once around the localizer's peak)
     refine_passes: int = 1
+    # heart candidates: the localizer's highest heatmap peaks, at least candidate_separation_mm
+    # apart, each segmented once; the ROI that holds the most heart (expected foreground voxels)
+    # goes on to the refine passes. 1: the highest peak only (the paper's single crop).
+    candidates: int = 1
+    candidate_separation_mm: float = 50.0
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from .data.datasets import LabelSet, get_labelset
 from .data.pipeline import localizer_input
 from .data.preprocess import (Prepared, crop, foreground_center, index_to_mm, paste, prepare,
                               probs_to_source, to_source)
-from .models.localizer import build_localizer, heatmap_peak
+from .models.localizer import build_localizer, heatmap_peak, heatmap_peaks
 from .models.maunet import build_maunet
 from .models.mtn import build_mtn
 from .models.scn import build_scn
@@ -56,12 +56,18 @@ def precision_policy(name: str):
         keras.config.set_dtype_policy(old)
 
 
-def locate(localizer, case: Prepared, cfg: ExperimentConfig) -> np.ndarray:
-    """Heart centre (working-grid index, D H W) predicted by the localizer."""
+def locate(localizer, case: Prepared, cfg: ExperimentConfig, k: int = 1):
+    """Heart centre (working-grid index, D H W) predicted by the localizer; with ``k`` > 1 a list
+    of up to ``k`` candidate centres, highest heatmap peak first, ``infer.candidate_separation_mm``
+    apart."""
     size = cfg.localizer.size
     img, m, ctr = localizer_input(case, size, cfg.localizer.spacing_mm)
     hm = np.asarray(localizer(img[None, ..., None], training=False))[0, ..., 0]
-    return ctr + m @ (heatmap_peak(hm) - np.asarray(size) // 2)
+    to_index = lambda peak: ctr + m @ (peak - np.asarray(size) // 2)
+    if k <= 1:
+        return to_index(heatmap_peak(hm))
+    apart = cfg.infer.candidate_separation_mm / cfg.localizer.spacing_mm
+    return [to_index(p) for p in heatmap_peaks(hm, k, apart)]
 
 
 def segment_roi(maunet, scn, roi: np.ndarray, clock: Callable | None = None) -> np.ndarray:
@@ -129,11 +135,22 @@ class Cascade:
 
         After the first pass the ROI is re-centred on the segmented heart and segmented again
         (``infer.refine_passes`` times): a heart the localizer placed off-centre, partly outside
-        the ROI, is then seen whole."""
+        the ROI, is then seen whole. With ``infer.candidates`` > 1 the first pass is run at each
+        of the localizer's candidate centres and the one with the most heart goes on."""
         clock = _Clock(profile)
+        candidates = [center]
         if center is None:
-            center = locate(self.localizer, prep, self.cfg)
+            k = self.cfg.infer.candidates
+            candidates = locate(self.localizer, prep, self.cfg, k) if k > 1 else \
+                [locate(self.localizer, prep, self.cfg)]
         clock("localize")
+        if len(candidates) > 1:
+            center = max(candidates, key=lambda c: self._heart_evidence(prep, c))
+            if trace is not None:
+                trace["candidates"] = len(candidates)
+                trace["candidate"] = next(i for i, c in enumerate(candidates) if c is center)
+        else:
+            center = candidates[0]
         for attempt in range(1 + max(0, self.cfg.infer.refine_passes)):
             if attempt:
                 fg = np.argmax(probs, -1) > 0
@@ -153,6 +170,11 @@ class Cascade:
         classes = paste(np.argmax(probs, -1).astype(np.uint8), start, prep.image.shape, 0)
         clock("paste")
         return classes, probs, start
+
+    def _heart_evidence(self, prep: Prepared, center) -> float:
+        """Expected number of heart voxels in the ROI at ``center``: sum of 1 - p(background)."""
+        roi, _ = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0)
+        return float((1.0 - segment_roi(self.maunet, self.scn, roi)[..., 0]).sum())
 
     def predict_image(self, image: sitk.Image, modality: str | None = None,
                       profile: dict | None = None, with_probs: bool = False,

@@ -272,3 +272,54 @@ def test_dicom_series_predicts_the_labels_of_its_nifti(seg_run, tiny_phantom, tm
     from cm_trancaf.utils import UserError
     with pytest.raises(UserError, match="2 DICOM series"):
         predict_files(seg_run, tmp_path / "two", tmp_path / "pred_two")
+
+
+def test_heart_candidates_recover_a_heart_the_highest_peak_misses():
+    """A localizer whose highest peak is a decoy at the volume centre and whose second peak is
+    the heart: one candidate segments the decoy, two candidates keep the ROI with the heart."""
+    from dataclasses import replace
+    from scipy import ndimage
+    from cm_trancaf.data.datasets import LABEL_SETS
+    from cm_trancaf.data.preprocess import index_to_mm, prepare
+    from cm_trancaf.models.localizer import heatmap_peaks
+
+    arr = np.full((64, 64, 64), -1000.0, np.float32)
+    zz, yy, xx = np.indices(arr.shape)
+    heart = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 12) ** 2 <= 9
+    arr[heart] = 1000.0
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((6.0, 6.0, 6.0))
+    cfg = get_preset("tiny")
+    prep = prepare(image, None, cfg.data, "ct", 8)
+
+    def localizer(x, training=False):                 # decoy 1.0 at the centre, heart 0.5
+        x = np.asarray(x)[0, ..., 0]
+        centre = np.zeros_like(x)
+        centre[tuple(np.array(x.shape) // 2)] = 1.0
+        hm = ndimage.gaussian_filter(centre, 1.0) / ndimage.gaussian_filter(centre, 1.0).max()
+        bright = ndimage.gaussian_filter((x > 0).astype(np.float32), 1.0)
+        hm = hm + 0.5 * bright / max(bright.max(), 1e-6)
+        return hm[None, ..., None]
+
+    def maunet(x, training=False):                    # foreground where the image is bright
+        p = 1.0 / (1.0 + np.exp(-10.0 * np.asarray(x)[..., 0]))
+        out = np.zeros(p.shape + (8,), np.float32)
+        out[..., 0], out[..., 1] = 1.0 - p, p
+        return out
+
+    heart_mm = index_to_mm(prep.grid, np.argwhere(heart).mean(0))
+    distance = {}
+    for k in (1, 2):
+        c = Cascade(replace(cfg, infer=replace(cfg.infer, candidates=k)), LABEL_SETS["mmwhs"],
+                    localizer, maunet, None)
+        trace = {}
+        classes, _, _ = c.segment(prep, trace=trace)
+        distance[k] = np.linalg.norm(np.asarray(trace["roi_center_mm"]) - heart_mm)
+        found = (classes > 0)[heart].mean()
+        assert (found > 0.9) if k == 2 else (found == 0.0)
+    assert distance[1] > 150 and distance[2] < 6.0
+    # the peaks themselves: highest first, suppressed within the separation
+    hm = np.zeros((16, 16, 16))
+    hm[8, 8, 8], hm[2, 2, 2], hm[8, 8, 9] = 1.0, 0.5, 0.9
+    peaks = heatmap_peaks(hm, 3, min_distance=2.5, radius=0)
+    np.testing.assert_allclose(peaks[:2], [[8, 8, 8], [2, 2, 2]])

@@ -16,7 +16,7 @@ from keras import layers, ops
 from ..config import LocalizerConfig
 from .blocks import ConvNormAct
 
-__all__ = ["Localizer", "build_localizer", "heatmap_peak"]
+__all__ = ["Localizer", "build_localizer", "heatmap_peak", "heatmap_peaks"]
 
 
 class Localizer(keras.Model):
@@ -60,3 +60,19 @@ def heatmap_peak(hm: np.ndarray, radius: int = 2) -> np.ndarray:
         return peak.astype(float)
     idx = np.indices(win.shape).reshape(3, -1) + lo[:, None]
     return (idx * win.ravel()).sum(1) / win.sum()
+
+
+def heatmap_peaks(hm: np.ndarray, k: int, min_distance: float, radius: int = 2) -> list[np.ndarray]:
+    """Up to ``k`` sub-voxel peaks (D, H, W) of a heatmap, highest first, each at least
+    ``min_distance`` voxels from the ones before (the rest is suppressed around each peak)."""
+    hm = np.array(hm, np.float64)
+    grid = np.indices(hm.shape).reshape(3, -1).T
+    peaks = []
+    for _ in range(max(1, int(k))):
+        if not np.isfinite(hm).any():
+            break
+        peak = heatmap_peak(np.where(np.isfinite(hm), hm, -np.inf), radius)
+        peaks.append(peak)
+        near = np.linalg.norm(grid - peak, axis=1) < min_distance
+        hm.reshape(-1)[near] = -np.inf
+    return peaks
