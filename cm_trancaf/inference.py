@@ -135,8 +135,9 @@ class Cascade:
 
         After the first pass the ROI is re-centred on the segmented heart and segmented again
         (``infer.refine_passes`` times): a heart the localizer placed off-centre, partly outside
-        the ROI, is then seen whole. With ``infer.candidates`` > 1 the first pass is run at each
-        of the localizer's candidate centres and the one with the most heart goes on."""
+        the ROI, is then seen whole. With ``infer.candidates`` > 1, when the ROI at the highest
+        heatmap peak holds less than ``infer.candidate_min_ml`` of heart, the other candidate
+        centres are segmented too and the one with the most heart goes on."""
         clock = _Clock(profile)
         candidates = [center]
         if center is None:
@@ -144,13 +145,15 @@ class Cascade:
             candidates = locate(self.localizer, prep, self.cfg, k) if k > 1 else \
                 [locate(self.localizer, prep, self.cfg)]
         clock("localize")
+        center = candidates[0]
         if len(candidates) > 1:
-            center = max(candidates, key=lambda c: self._heart_evidence(prep, c))
+            ml = np.prod(prep.grid.spacing) / 1000.0           # one working voxel, in ml
+            evidence = [self._heart_evidence(prep, center) * ml]
+            if evidence[0] < self.cfg.infer.candidate_min_ml:  # no heart at the highest peak
+                evidence += [self._heart_evidence(prep, c) * ml for c in candidates[1:]]
+                center = candidates[int(np.argmax(evidence))]
             if trace is not None:
-                trace["candidates"] = len(candidates)
-                trace["candidate"] = next(i for i, c in enumerate(candidates) if c is center)
-        else:
-            center = candidates[0]
+                trace["candidate"] = int(np.argmax(evidence))
         for attempt in range(1 + max(0, self.cfg.infer.refine_passes)):
             if attempt:
                 fg = np.argmax(probs, -1) > 0

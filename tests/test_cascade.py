@@ -318,6 +318,19 @@ def test_heart_candidates_recover_a_heart_the_highest_peak_misses():
         found = (classes > 0)[heart].mean()
         assert (found > 0.9) if k == 2 else (found == 0.0)
     assert distance[1] > 150 and distance[2] < 6.0
+    # a heart at the highest peak stays chosen, even beside a bigger bright thing elsewhere (the
+    # fallback looks at other peaks only when the first ROI holds less than candidate_min_ml)
+    arr2 = np.where((np.abs(zz - 32) <= 6) & (np.abs(yy - 32) <= 6) & (np.abs(xx - 32) <= 6),
+                    1000.0, -1000.0).astype(np.float32)
+    arr2[heart] = 1000.0
+    image2 = sitk.GetImageFromArray(arr2)
+    image2.SetSpacing((6.0, 6.0, 6.0))
+    prep2 = prepare(image2, None, cfg.data, "ct", 8)
+    c = Cascade(replace(cfg, infer=replace(cfg.infer, candidates=2)), LABEL_SETS["mmwhs"],
+                localizer, maunet, None)
+    trace = {}
+    c.segment(prep2, trace=trace)
+    assert trace["candidate"] == 0
     # the peaks themselves: highest first, suppressed within the separation
     hm = np.zeros((16, 16, 16))
     hm[8, 8, 8], hm[2, 2, 2], hm[8, 8, 9] = 1.0, 0.5, 0.9
