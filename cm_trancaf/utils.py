@@ -16,6 +16,18 @@ class UserError(Exception):
     """A problem with the user's input (file, path, option): reported as one line, exit code 2."""
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# read once at import (setting it is process-wide, so not in threads that write): temporary
+# files are created 0600 and folders 0700, and the outputs get the modes any new file would get
+FILE_MODE = 0o666 & ~_read_umask()
+DIR_MODE = 0o777 & ~_read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None):
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
@@ -31,6 +43,7 @@ def atomic_path(path: str | Path, suffix: str | None = None):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -47,6 +60,7 @@ def atomic_dir(path: str | Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, DIR_MODE)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

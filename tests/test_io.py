@@ -119,3 +119,25 @@ def test_peak_memory_of_a_child_is_its_own_not_its_parents(tmp_path):
     assert maxrss > 0.39                                   # the inherited figure
     assert own < 0.2                                       # a bare Python + numpy: ~30 MB
     assert held.sum() > 0
+
+
+def test_outputs_get_the_modes_of_any_new_file_not_the_temporary_files_0600(tmp_path):
+    """Results, labels and run folders are written under temporary names (0600 / 0700 from
+    mkstemp / mkdtemp); once renamed they must have the modes any new file or folder gets under
+    the process's umask (0644 / 0755 under the usual 022), as colleagues sharing a results
+    folder expect."""
+    import os
+    from cm_trancaf.data.io import write_image
+    from cm_trancaf.utils import atomic_dir, atomic_write_text
+    umask = os.umask(0)
+    os.umask(umask)
+    write_image(sitk.Image(4, 4, 4, sitk.sitkUInt8), tmp_path / "lab.nii.gz")
+    atomic_write_text(tmp_path / "table.md", "x")
+    with atomic_dir(tmp_path / "run") as d:
+        (d / "a").write_text("y")
+    (tmp_path / "plain").write_text("z")                    # what a new file gets
+    (tmp_path / "plain_dir").mkdir()
+    mode = lambda p: p.stat().st_mode & 0o777
+    assert mode(tmp_path / "lab.nii.gz") == mode(tmp_path / "table.md") \
+        == mode(tmp_path / "plain") == 0o666 & ~umask
+    assert mode(tmp_path / "run") == mode(tmp_path / "plain_dir") == 0o777 & ~umask
