@@ -125,6 +125,7 @@ class LocalizerConfig:
     loss_scale: float = 100.0
     peak_weight: float = 50.0
     center_jitter_mm: float = 30.0             # training views centred up to +-this off the volume centre
+    intensity: float = 0.0                     # training views: intensity scale / shift jitter
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 settings, and the results table, on small phantom folders in each layout (and on ../shared/data
 when present: splits and case listing only, training there is a benchmark)."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -175,6 +176,26 @@ def test_dev_flag_tests_training_patients_and_names_the_run(tiny_acdc, tmp_path,
     assert seen["out"] == tmp_path / "acdc" / "tiny_dev"
     assert command.main("acdc", [Setting("a")], argv, dataset="acdc") == 0
     assert seen["out"] == tmp_path / "acdc" / "tiny" and ids(seen["cohort"].splits[0][1]) == ids(test)
+
+
+def test_localizer_benchmark_measures_training_patients_only(tiny_acdc, tmp_path):
+    """benchmarks/localizer_cv.py: every training patient is measured once per variant, by a
+    localizer that did not train on it, and the experiment's test patients are never read."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/localizer_cv.py"), "--dataset",
+                        "acdc", "--data", str(tiny_acdc), "--preset", "tiny", "--n-test", "2",
+                        "--folds", "3", "--variant", "jitter: localizer.center_jitter_mm=10.0",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_csv(tmp_path / "localizer_cv.csv")
+    (train, test), = acdc_cohort(tiny_acdc, n_test=2).splits
+    for _, rows in df.groupby("variant"):
+        assert sorted(rows["case"]) == sorted(c.case_id for c in train)
+        assert rows.groupby("fold")["case"].count().tolist() == [1, 1, 1]
+    assert not set(df["case"]) & {c.case_id for c in test}
+    assert np.isfinite(df["error_mm"]).all()
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert list(summary["variant"]) == ["baseline", "jitter"] and (summary["cases"] == 3).all()
 
 
 def test_real_folders_list_every_patient_and_split_cleanly():

@@ -81,6 +81,22 @@ def test_localizer_batches_peak_at_the_heart(tiny_phantom):
         np.testing.assert_allclose(heatmap_peak(h), expected, atol=0.5)
 
 
+def test_localizer_intensity_jitter_is_an_affine_map_of_the_same_view(tiny_phantom):
+    """``intensity=a`` maps each view by x -> s x + b with s in [1-a, 1+a], b in [-a, a]; the view
+    and its heatmap are the ones drawn without it (same seed), and a = 0 changes nothing."""
+    cases = _prepared(tiny_phantom)[:1]
+    draw = lambda a: next(iter(localizer_dataset(cases, (16, 16, 16), 20.0, 15.0,
+                                                 AugmentConfig(), 2, seed=3, intensity=a)))
+    (x0, h0), (x1, h1), (xz, hz) = draw(0.0), draw(0.3), draw(0.0)
+    np.testing.assert_array_equal(x0.numpy(), xz.numpy())
+    np.testing.assert_array_equal(h0.numpy(), h1.numpy())
+    for a, b in zip(x0.numpy(), x1.numpy()):
+        a, b = a.ravel(), b.ravel()
+        s, t = np.polyfit(a, b, 1)
+        np.testing.assert_allclose(b, s * a + t, atol=1e-4)
+        assert 0.7 <= s <= 1.3 and -0.3 <= t <= 0.3 and (abs(s - 1) > 1e-3 or abs(t) > 1e-3)
+
+
 def test_foreground_patches_land_inside_the_body():
     """MTN patches: with ``foreground=1`` every patch holds body voxels, even when the body is a
     small part of the volume; uniform centres mostly see air. Same seed, same patches."""

@@ -141,9 +141,10 @@ def localizer_input(case: Prepared, size, spacing_mm: float, center=None, matrix
 
 def localizer_dataset(cases: list[Prepared], size, spacing_mm: float, sigma_mm: float,
                       aug: AugmentConfig, batch_size: int, seed: int, start: int = 0,
-                      jitter_mm: float = 30.0):
+                      jitter_mm: float = 30.0, intensity: float = 0.0):
     """Batches ``(coarse image (B, d, h, w, 1), heatmap (B, d, h, w, 1))`` of the heart centre;
-    each view is centred up to ``jitter_mm`` off the volume centre (as a test volume's heart is)."""
+    each view is centred up to ``jitter_mm`` off the volume centre (as a test volume's heart is),
+    its intensities scaled and shifted by up to ``intensity`` (``_augment_intensity``)."""
     size = tuple(int(s) for s in size)
     targets = [foreground_center(c.label) for c in cases]
 
@@ -156,6 +157,7 @@ def localizer_dataset(cases: list[Prepared], size, spacing_mm: float, sigma_mm: 
         m = augment_matrix(rng, AugmentConfig(scale=aug.scale, rotate_deg=aug.rotate_deg,
                                               flip_prob=0.0), c.grid.spacing)
         img, mz, ctr = localizer_input(c, size, spacing_mm, center, m)
+        img = _augment_intensity(img, rng, intensity)
         # heart centre in coarse coordinates: invert x = ctr + mz (o - o_c)
         o = np.linalg.solve(mz, targets[k] - ctr) + np.asarray(size) // 2
         hm = heatmap(size, o, sigma_mm / spacing_mm)
