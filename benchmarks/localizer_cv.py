@@ -11,11 +11,12 @@ that are never a test patient of the experiments:
   test LGE patients are not read.
 
 Each ``--variant "name: key=value, key=value"`` is a set of config overrides on the preset;
-"baseline" (the preset itself) is always run. Settings for the localizer are chosen here, on
+"baseline" (the preset itself) is always run. Each ``--infer "name: infer.key=value"`` measures
+every trained localizer again with other inference settings (no retraining), beside "preset". Settings for the localizer are chosen here, on
 development data, before any test number.
 
     python benchmarks/localizer_cv.py --dataset acdc --data ../shared/data/acdc --folds 4 \\
-        --variant "intensity 0.3: localizer.intensity=0.3"
+        --variant "intensity 0.3: localizer.intensity=0.3" --infer "7 views: infer.localizer_views=7"
 Writes ``localizer_cv.csv`` (one row per variant and case) and ``summary.csv`` into ``--out``,
 prints a table: median / 90th percentile / max error, and cases beyond ``--far`` mm.
 """
@@ -64,10 +65,13 @@ def main(argv=None) -> int:
     p.add_argument("--split-seed", type=int, default=0, help="the experiments' patient split")
     p.add_argument("--n-test", type=int, default=20, help="acdc: the experiment's test patients")
     p.add_argument("--variant", action="append", default=[], metavar="'NAME: K=V, ...'")
+    p.add_argument("--infer", action="append", default=[], metavar="'NAME: K=V, ...'",
+                   help="inference settings (infer.*) each trained localizer is also measured with")
     p.add_argument("--far", type=float, default=30.0, help="errors above this (mm) are counted")
     p.add_argument("--out", default="results/localizer_cv")
     args = p.parse_args(argv)
     variants = [("baseline", [])] + [parse_variant(v) for v in args.variant]
+    inference = [("preset", [])] + [parse_variant(v) for v in args.infer]
 
     from cm_trancaf.utils import import_tensorflow_quietly
     import_tensorflow_quietly(False)
@@ -99,14 +103,15 @@ def main(argv=None) -> int:
                 model = build_localizer(cfg.localizer)
                 restore(Path(run_dir), "best", model=model)
             seconds = time.time() - t0
-            err = center_errors_mm(model, dv, cfg)
-            rows += [{"variant": name, "overrides": " ".join(overrides), "fold": fold,
-                      "case": c.case_id, "error_mm": float(e), "train_s": seconds}
-                     for c, e in zip(dv, err)]
-            print(f"[localizer_cv] {name} fold {fold}: median {np.median(err):.1f} mm, "
-                  f"max {np.max(err):.1f} mm ({seconds:.0f} s)", flush=True)
+            for how, infer_overrides in inference:
+                err = center_errors_mm(model, dv, apply_overrides(cfg, infer_overrides))
+                rows += [{"variant": name, "inference": how, "overrides": " ".join(overrides),
+                          "fold": fold, "case": c.case_id, "error_mm": float(e),
+                          "train_s": seconds} for c, e in zip(dv, err)]
+                print(f"[localizer_cv] {name} ({how}) fold {fold}: median {np.median(err):.1f} mm,"
+                      f" max {np.max(err):.1f} mm ({seconds:.0f} s)", flush=True)
     df = pd.DataFrame(rows)
-    summary = df.groupby("variant", sort=False).agg(
+    summary = df.groupby(["variant", "inference"], sort=False).agg(
         cases=("error_mm", "size"), median_mm=("error_mm", "median"),
         p90_mm=("error_mm", lambda e: float(np.percentile(e, 90))), max_mm=("error_mm", "max"),
         far=("error_mm", lambda e: int((e > args.far).sum())),

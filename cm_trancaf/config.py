@@ -134,6 +134,11 @@ class InferenceConfig:
     # probs: each class's ROI probability resampled linearly onto the input grid, then argmax
     # (nnU-Net); nearest: the working-grid argmax resampled by nearest neighbour (before #15)
     paste_back: str = "probs"
+    # the localizer's views: 1 = one view centred on the volume (Payer); 7 = also views shifted
+    # by +-localizer_shift_mm along each axis, the centre being the per-axis median of their peaks
+    # (a peak that one view puts on a false heart is outvoted by the others)
+    localizer_views: int = 1
+    localizer_shift_mm: float = 20.0
     # re-centre the ROI on the first pass's segmentation and segment again, this many times
     # (covers the localizer's error; paper silent: Payer crops once around the localizer's peak)
     refine_passes: int = 1

@@ -27,7 +27,7 @@ import tensorflow as tf
 from .checkpoint import restore
 from .config import ExperimentConfig, load_config
 from .data.datasets import LabelSet, get_labelset
-from .data.pipeline import localizer_input
+from .data.pipeline import localizer_input, localizer_smooth
 from .data.preprocess import (Prepared, crop, foreground_center, index_to_mm, paste, prepare,
                               probs_to_source, to_source)
 from .models.localizer import build_localizer, heatmap_peak, heatmap_peaks
@@ -36,8 +36,8 @@ from .models.mtn import build_mtn
 from .models.scn import build_scn
 from .utils import UserError
 
-__all__ = ["PRECISIONS", "precision_policy", "locate", "segment_roi", "center_errors_mm",
-           "Cascade", "is_export", "load_exported", "load_generator", "translate_volume",
+__all__ = ["PRECISIONS", "precision_policy", "locate", "view_peaks", "segment_roi",
+           "center_errors_mm", "Cascade", "is_export", "load_exported", "load_generator", "translate_volume",
            "denormalize"]
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -59,15 +59,34 @@ def precision_policy(name: str):
 def locate(localizer, case: Prepared, cfg: ExperimentConfig, k: int = 1):
     """Heart centre (working-grid index, D H W) predicted by the localizer; with ``k`` > 1 a list
     of up to ``k`` candidate centres, highest heatmap peak first, ``infer.candidate_separation_mm``
-    apart."""
+    apart. ``infer.localizer_views`` = 7: the per-axis median of the peaks of the view centred on
+    the volume and of six views shifted by +-``infer.localizer_shift_mm`` along each axis."""
+    if k <= 1:
+        if cfg.infer.localizer_views not in (1, 7):
+            raise UserError(f"infer.localizer_views must be 1 or 7, got {cfg.infer.localizer_views}")
+        return np.median(view_peaks(localizer, case, cfg, cfg.infer.localizer_views), axis=0)
     size = cfg.localizer.size
     img, m, ctr = localizer_input(case, size, cfg.localizer.spacing_mm)
     hm = np.asarray(localizer(img[None, ..., None], training=False))[0, ..., 0]
-    to_index = lambda peak: ctr + m @ (peak - np.asarray(size) // 2)
-    if k <= 1:
-        return to_index(heatmap_peak(hm))
     apart = cfg.infer.candidate_separation_mm / cfg.localizer.spacing_mm
-    return [to_index(p) for p in heatmap_peaks(hm, k, apart)]
+    return [ctr + m @ (p - np.asarray(size) // 2) for p in heatmap_peaks(hm, k, apart)]
+
+
+def view_peaks(localizer, case: Prepared, cfg: ExperimentConfig, views: int = 1) -> list:
+    """The heatmap peak (working-grid index, D H W) of each localizer view: the view centred on
+    the volume, and with ``views`` = 7 six more shifted by +-``infer.localizer_shift_mm`` along
+    each axis (one batch)."""
+    size, spacing = cfg.localizer.size, cfg.localizer.spacing_mm
+    ctr = (np.asarray(case.image.shape) - 1) / 2
+    centres = [ctr]
+    if views > 1:
+        shift = cfg.infer.localizer_shift_mm / np.asarray(case.grid.spacing)[::-1]   # D H W
+        centres += [ctr + s * shift * e for e in np.eye(3) for s in (-1, 1)]
+    smooth = localizer_smooth(case, spacing)
+    imgs, mats = zip(*[localizer_input(case, size, spacing, c, smooth=smooth)[:2] for c in centres])
+    hms = np.asarray(localizer(np.stack(imgs)[..., None], training=False))[..., 0]
+    return [c + m @ (heatmap_peak(h) - np.asarray(size) // 2)
+            for h, m, c in zip(hms, mats, centres)]
 
 
 def segment_roi(maunet, scn, roi: np.ndarray, clock: Callable | None = None) -> np.ndarray:

@@ -336,3 +336,29 @@ def test_heart_candidates_recover_a_heart_the_highest_peak_misses():
     hm[8, 8, 8], hm[2, 2, 2], hm[8, 8, 9] = 1.0, 0.5, 0.9
     peaks = heatmap_peaks(hm, 3, min_distance=2.5, radius=0)
     np.testing.assert_allclose(peaks[:2], [[8, 8, 8], [2, 2, 2]])
+
+
+@pytest.mark.parametrize("views", [1, 7])
+def test_each_localizer_view_maps_its_peak_back_to_the_same_heart(views):
+    """A localizer that returns its input as the heatmap sees a bright blob (the "heart") in
+    every view; each view's peak, mapped back through that view's own centre and zoom, lands on
+    the blob (within half a coarse voxel), and so does the centre ``locate`` returns."""
+    from cm_trancaf.data.preprocess import Prepared
+    from cm_trancaf.inference import locate, view_peaks
+    spacing = (2.0, 2.0, 4.0)                                      # x y z mm
+    shape = (40, 90, 100)                                          # D H W
+    heart = np.array([23.0, 55.0, 38.0])                           # D H W index, off-centre
+    mm = (np.indices(shape).T - heart).T * np.array(spacing[::-1])[:, None, None, None]
+    image = (2 * np.exp(-(mm ** 2).sum(0) / (2 * 20.0 ** 2)) - 1).astype(np.float32)
+    geo = Geometry(shape[::-1], spacing, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    case = Prepared(image, None, geo, geo, "blob")
+    cfg = apply_overrides(get_preset("tiny"), ["localizer.size=(32, 32, 32)",
+                                               "localizer.spacing_mm=8.0",
+                                               f"infer.localizer_views={views}"])
+    identity = lambda x, training=False: x
+    peaks = view_peaks(identity, case, cfg, views)
+    assert len(peaks) == views
+    half_voxel = 4.0 / np.array(spacing[::-1])                    # 4 mm in index units
+    for p in peaks:
+        assert np.all(np.abs(p - heart) <= half_voxel), (p, heart)
+    assert np.all(np.abs(locate(identity, case, cfg) - heart) <= half_voxel)

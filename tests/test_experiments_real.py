@@ -184,18 +184,21 @@ def test_localizer_benchmark_measures_training_patients_only(tiny_acdc, tmp_path
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks/localizer_cv.py"), "--dataset",
                         "acdc", "--data", str(tiny_acdc), "--preset", "tiny", "--n-test", "2",
                         "--folds", "3", "--variant", "jitter: localizer.center_jitter_mm=10.0",
+                        "--infer", "views: infer.localizer_views=7",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(tmp_path / "localizer_cv.csv")
     (train, test), = acdc_cohort(tiny_acdc, n_test=2).splits
-    for _, rows in df.groupby("variant"):
+    for _, rows in df.groupby(["variant", "inference"]):
         assert sorted(rows["case"]) == sorted(c.case_id for c in train)
         assert rows.groupby("fold")["case"].count().tolist() == [1, 1, 1]
     assert not set(df["case"]) & {c.case_id for c in test}
     assert np.isfinite(df["error_mm"]).all()
     summary = pd.read_csv(tmp_path / "summary.csv")
-    assert list(summary["variant"]) == ["baseline", "jitter"] and (summary["cases"] == 3).all()
+    assert list(zip(summary["variant"], summary["inference"])) == [
+        ("baseline", "preset"), ("baseline", "views"), ("jitter", "preset"), ("jitter", "views")]
+    assert (summary["cases"] == 3).all()
 
 
 def test_real_folders_list_every_patient_and_split_cleanly():

@@ -21,7 +21,7 @@ from .phantom import random_rotation
 from .preprocess import Prepared, foreground_center
 
 __all__ = ["augment_matrix", "sample_roi", "roi_dataset", "patch_dataset", "localizer_input",
-           "localizer_dataset", "heatmap"]
+           "localizer_smooth", "localizer_dataset", "heatmap"]
 
 
 def augment_matrix(rng: np.random.Generator, aug: AugmentConfig, spacing_xyz) -> np.ndarray:
@@ -126,17 +126,26 @@ def heatmap(size, center, sigma_vox) -> np.ndarray:
     return np.exp(-d2 / (2 * sigma_vox ** 2)).astype(np.float32)
 
 
-def localizer_input(case: Prepared, size, spacing_mm: float, center=None, matrix=None):
+def localizer_input(case: Prepared, size, spacing_mm: float, center=None, matrix=None,
+                    smooth: np.ndarray | None = None):
     """Coarse view (``size`` voxels at ``spacing_mm``) of the working volume around ``center``
-    (default: the volume centre); returns (image, zoom matrix used, centre)."""
+    (default: the volume centre); returns (image, zoom matrix used, centre). ``smooth``: the
+    volume already low-passed for ``spacing_mm`` (:func:`localizer_smooth`), for several views."""
     sp = np.asarray(case.grid.spacing)[::-1]
     zoom = np.diag(spacing_mm / sp)
     m = zoom if matrix is None else matrix @ zoom
     if center is None:
         center = (np.asarray(case.image.shape) - 1) / 2
-    smooth = ndimage.gaussian_filter(case.image, np.maximum(0.0, 0.4 * (spacing_mm / sp - 1)))
+    if smooth is None:
+        smooth = localizer_smooth(case, spacing_mm)
     img, _ = sample_roi(smooth, None, center, size, m)
     return img, m, np.asarray(center, float)
+
+
+def localizer_smooth(case: Prepared, spacing_mm: float) -> np.ndarray:
+    """The working volume low-passed before sampling it at ``spacing_mm``."""
+    sp = np.asarray(case.grid.spacing)[::-1]
+    return ndimage.gaussian_filter(case.image, np.maximum(0.0, 0.4 * (spacing_mm / sp - 1)))
 
 
 def localizer_dataset(cases: list[Prepared], size, spacing_mm: float, sigma_mm: float,
