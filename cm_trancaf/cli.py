@@ -133,7 +133,8 @@ def cmd_translate(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import predict_files
     files = predict_files(args.run, args.input, args.out, args.modality, args.overwrite,
-                          args.iso1mm, args.probs, args.profile, args.precision, args.xla)
+                          args.iso1mm, args.probs, args.profile, args.precision, args.xla,
+                          infer=args.infer)
     print(f"wrote {len(files)} label map(s) to {args.out}")
     return 0
 
@@ -226,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["float32", "mixed_float16", "mixed_bfloat16"],
                    help="network compute precision (mixed_float16: GPU only)")
     p.add_argument("--xla", action="store_true", help="XLA-compile the networks")
+    p.add_argument("--set", dest="infer", action="append", default=[],
+                   metavar="infer.KEY=VALUE",
+                   help="change an inference option of the run (e.g. infer.localizer_views=7)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Dice / Jaccard / HD per case and structure")

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 import tensorflow as tf
 
 from .checkpoint import restore
-from .config import ExperimentConfig, load_config
+from .config import ExperimentConfig, apply_overrides, load_config
 from .data.datasets import LabelSet, get_labelset
 from .data.pipeline import localizer_input, localizer_smooth
 from .data.preprocess import (Prepared, crop, foreground_center, index_to_mm, paste, prepare,
@@ -62,14 +62,21 @@ def locate(localizer, case: Prepared, cfg: ExperimentConfig, k: int = 1):
     apart. ``infer.localizer_views`` = 7: the per-axis median of the peaks of the view centred on
     the volume and of six views shifted by +-``infer.localizer_shift_mm`` along each axis."""
     if k <= 1:
-        if cfg.infer.localizer_views not in (1, 7):
-            raise UserError(f"infer.localizer_views must be 1 or 7, got {cfg.infer.localizer_views}")
+        check_infer(cfg)
         return np.median(view_peaks(localizer, case, cfg, cfg.infer.localizer_views), axis=0)
     size = cfg.localizer.size
     img, m, ctr = localizer_input(case, size, cfg.localizer.spacing_mm)
     hm = np.asarray(localizer(img[None, ..., None], training=False))[0, ..., 0]
     apart = cfg.infer.candidate_separation_mm / cfg.localizer.spacing_mm
     return [ctr + m @ (p - np.asarray(size) // 2) for p in heatmap_peaks(hm, k, apart)]
+
+
+def check_infer(cfg: ExperimentConfig) -> None:
+    """One clear error for an inference option out of its range."""
+    if cfg.infer.localizer_views not in (1, 7):
+        raise UserError(f"infer.localizer_views must be 1 or 7, got {cfg.infer.localizer_views}")
+    if cfg.infer.paste_back not in ("probs", "nearest"):
+        raise UserError(f"infer.paste_back must be probs|nearest, got {cfg.infer.paste_back!r}")
 
 
 def view_peaks(localizer, case: Prepared, cfg: ExperimentConfig, views: int = 1) -> list:
@@ -123,18 +130,27 @@ class Cascade:
 
     @classmethod
     def load(cls, run_dir: str | Path, precision: str = "float32",
-             jit_compile: bool = False, with_scn: bool = True) -> "Cascade":
+             jit_compile: bool = False, with_scn: bool = True,
+             infer: list[str] | tuple = ()) -> "Cascade":
         """The cascade of a ``train-seg`` run (or ``export`` folder). ``precision`` (float32 |
         mixed_bfloat16 | mixed_float16, GPU) and ``jit_compile`` (XLA) speed up the networks.
-        ``with_scn=False``: the run's MAUNet alone (a paired SCN ablation: same MAUNet)."""
+        ``with_scn=False``: the run's MAUNet alone (a paired SCN ablation: same MAUNet).
+        ``infer``: overrides of the run's inference options (``infer.KEY=VALUE`` only: the other
+        sections describe the trained networks)."""
         run_dir = Path(run_dir)
+        other = [o for o in infer if not o.strip().startswith("infer.")]
+        if other:
+            raise UserError(f"{other}: only infer.* options can change at prediction time")
         if is_export(run_dir):             # a SavedModel from ``cm-trancaf export``
             cfg, split, localizer, segmenter = load_exported(run_dir)
             labelset = get_labelset(split["labels"], tuple(split["codes"]))
+            cfg = apply_overrides(cfg, list(infer))
+            check_infer(cfg)
             return cls(cfg, labelset, localizer, segmenter, None)
         if not (run_dir / "config.json").is_file():
             raise UserError(f"{run_dir}: not a train-seg run folder (no config.json)")
-        cfg = load_config(run_dir / "config.json")
+        cfg = apply_overrides(load_config(run_dir / "config.json"), list(infer))
+        check_infer(cfg)
         split = json.loads((run_dir / "split.json").read_text())
         labelset = get_labelset(split["labels"], tuple(split["codes"]))
         if not with_scn:

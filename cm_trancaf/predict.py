@@ -28,17 +28,19 @@ def predict_files(run_dir: str | Path, inputs, out_dir: str | Path,
                   modality: str | None = None, overwrite: bool = False, iso1mm: bool = False,
                   probs: bool = False, profile: bool = False, precision: str = "float32",
                   jit_compile: bool = False, with_scn: bool = True,
-                  traces: dict | None = None, timings: list | None = None) -> list[Path]:
+                  traces: dict | None = None, timings: list | None = None,
+                  infer: list[str] | tuple = ()) -> list[Path]:
     """Predict every input image (a folder, a file, or a list of files); returns the label files
     (finished cases are skipped unless ``overwrite``). ``with_scn=False``: the run's MAUNet alone
     (a paired SCN ablation); ``traces`` receives each predicted case's localizer and ROI centres
     (``Cascade.segment``); ``timings`` gets ``(case id, {stage: seconds})`` for each predicted
     case in order (read, preprocess, localize, crop, maunet, scn, paste, paste_back, write), as
-    ``profile`` prints them (``benchmarks/speed.py``).
+    ``profile`` prints them (``benchmarks/speed.py``). ``infer``: ``infer.KEY=VALUE`` overrides of
+    the run's inference options (``Cascade.load``).
 
     I/O overlaps compute: the next image is read and the previous outputs are written in
     background threads while the networks run (SimpleITK and TensorFlow release the GIL)."""
-    cascade = Cascade.load(run_dir, precision, jit_compile, with_scn)
+    cascade = Cascade.load(run_dir, precision, jit_compile, with_scn, infer)
     out_dir = Path(out_dir)
     todo, written = [], []
     paths = ([p for i in inputs for p in list_images(Path(i))]

@@ -73,7 +73,12 @@ def test_cli_end_to_end_and_bad_inputs(seg_run, tiny_phantom, tmp_path):
                  ["evaluate", "--pred", str(tmp_path / "none"), "--gt", str(tmp_path)],
                  ["train-seg", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "s")],
                  ["train-seg", "--data", str(tiny_phantom), "--out", str(tmp_path / "s"),
-                  "--set", "train.nope=1"]):
+                  "--set", "train.nope=1"],
+                 # only inference options can change at prediction time
+                 ["predict", "--run", str(seg_run), "--input", str(tiny_phantom / "ct_test"),
+                  "--out", str(tmp_path / "q"), "--set", "data.spacing=(1.0, 1.0, 1.0)"],
+                 ["predict", "--run", str(seg_run), "--input", str(tiny_phantom / "ct_test"),
+                  "--out", str(tmp_path / "q"), "--set", "infer.localizer_views=3"]):
         r = subprocess.run(cli + args, capture_output=True, text=True)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and "error:" in r.stderr
@@ -362,3 +367,11 @@ def test_each_localizer_view_maps_its_peak_back_to_the_same_heart(views):
     for p in peaks:
         assert np.all(np.abs(p - heart) <= half_voxel), (p, heart)
     assert np.all(np.abs(locate(identity, case, cfg) - heart) <= half_voxel)
+
+
+def test_prediction_time_inference_options(seg_run, tiny_phantom):
+    """``infer`` overrides reach the loaded cascade; the networks and the rest stay the run's."""
+    base = Cascade.load(seg_run)
+    seven = Cascade.load(seg_run, infer=["infer.localizer_views=7", "infer.refine_passes=0"])
+    assert (seven.cfg.infer.localizer_views, seven.cfg.infer.refine_passes) == (7, 0)
+    assert seven.cfg.data == base.cfg.data and seven.cfg.maunet == base.cfg.maunet
