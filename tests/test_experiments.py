@@ -126,7 +126,8 @@ def test_dev_split_tests_training_cases_only_and_drops_the_test_cases():
 
 def test_cross_validation_tests_each_training_case(tiny_phantom, tmp_path):
     settings = [Setting("cascade", mtn=True, ratio=1.0),
-                Setting("SCN off", ("scn.enabled=False",), same_run_as="cascade")]
+                Setting("SCN off", ("scn.enabled=False",), same_run_as="cascade"),
+                Setting("one pass", ("infer.refine_passes=0",), same_run_as="cascade")]
     df = run_experiment("cv", settings, get_preset("tiny"), tmp_path / "cv", tiny_phantom, folds=3)
     assert sorted(set(df["case"])) == ["ct_train_1001", "ct_train_1002", "ct_train_1003"]
     assert sorted(set(df["fold"])) == [0, 1, 2]
@@ -148,8 +149,17 @@ def test_cross_validation_tests_each_training_case(tiny_phantom, tmp_path):
                for s in ("cascade", "SCN off"))
     assert list(on.index) == list(off.index)
     centers = pd.read_csv(tmp_path / "cv/centers.csv")
-    assert len(centers) == 6 and np.isfinite(centers["localizer_error_mm"]).all()
+    assert len(centers) == 9 and np.isfinite(centers["localizer_error_mm"]).all()
     assert (centers["roi_error_mm"] >= 0).all() and set(centers["passes"]) <= {1, 2}
+    # an infer.* switch is evaluated on the same run (no training of its own) and takes effect:
+    # without the refining pass the ROI stays where the localizer put it
+    assert not (tmp_path / "cv/work/seg/one pass").exists()
+    one = centers[centers.setting == "one pass"]
+    assert (one["passes"] == 1).all()
+    np.testing.assert_allclose(one["roi_error_mm"], one["localizer_error_mm"])
+    ref = centers[centers.setting == "cascade"]
+    np.testing.assert_allclose(one["localizer_error_mm"].to_numpy(),
+                               ref["localizer_error_mm"].to_numpy())
 
 
 def test_experiment_script_without_test_labels_is_one_line_error(tmp_path):

@@ -58,7 +58,8 @@ class Setting:
     # intensity-only baseline of the MTN (no network)
     harmonize: bool = False
     # evaluate the trained cascade of the named setting instead of training one (a paired
-    # ablation of inference-time switches: "SCN off" = the same MAUNet without its SCN)
+    # ablation of inference-time switches: "SCN off" = the same MAUNet without its SCN; infer.*
+    # overrides, e.g. infer.localizer_views=7)
     same_run_as: str | None = None
 
 
@@ -186,10 +187,12 @@ def _gt_center_mm(path: Path) -> np.ndarray:
 
 
 def _evaluate_setting(seg_dir: Path, test_cases, pred_dir: Path, labelset,
-                      with_scn: bool = True) -> tuple[list[dict], list[dict], list[dict]]:
+                      with_scn: bool = True, infer=()
+                      ) -> tuple[list[dict], list[dict], list[dict]]:
     """The ``predict`` and ``evaluate`` stages on the test cases: per-case metric rows on the
     native grid and at 1 mm isotropic (nearest neighbour, as the MM-WHS challenge evaluated),
-    and per-case centre errors (localizer, final ROI) in mm."""
+    and per-case centre errors (localizer, final ROI) in mm. ``infer``: ``infer.*`` overrides of
+    the run's inference options (a paired ablation of an inference switch)."""
     gt_dirs = {c.label.parent for c in test_cases}
     if len(gt_dirs) != 1:
         raise UserError(f"test labels in several folders {sorted(map(str, gt_dirs))}")
@@ -197,7 +200,7 @@ def _evaluate_setting(seg_dir: Path, test_cases, pred_dir: Path, labelset,
     from ..predict import predict_files         # TensorFlow (see _generated)
     traces = {}
     predict_files(seg_dir, [c.image for c in test_cases], pred_dir, modality, overwrite=True,
-                  with_scn=with_scn, traces=traces)
+                  with_scn=with_scn, traces=traces, infer=infer)
     ids = [c.case_id for c in test_cases]
     gt_dir = gt_dirs.pop()
     df, _ = evaluate_folders(pred_dir, gt_dir, labelset, cases=ids)
@@ -274,8 +277,10 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                     _train_setting(trained, base, cohort, work, seed, train_cases, test_cases,
                                    seg_dir)
                 cfg = apply_overrides(base, list(s.overrides))
+                infer = [o for o in s.overrides if o.strip().startswith("infer.")]
                 case_rows, rows_1mm, centers = _evaluate_setting(
-                    seg_dir, test_cases, work / "pred" / s.name / tag, labelset, cfg.scn.enabled)
+                    seg_dir, test_cases, work / "pred" / s.name / tag, labelset, cfg.scn.enabled,
+                    infer)
                 key = {"setting": s.name, "seed": seed, "fold": fold}
                 rows += [{**key, **r} for r in case_rows]
                 iso_rows += [{**key, **r} for r in rows_1mm]
