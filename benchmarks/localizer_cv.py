@@ -6,14 +6,16 @@ between its heart centre and the label map's, on patients no training of that lo
 that are never a test patient of the experiments:
 - ``acdc``: K-fold cross-validation over the *training* patients of ``experiments/acdc.py``
   (its 20 test patients, same split seed, are not read);
+- ``mmwhs``: K-fold cross-validation over the training cases of the first fold of
+  ``experiments/mmwhs_ct.py`` (``--outer-folds``; that fold's test cases are not read);
 - ``mscmrseg``: trained on the labelled LGE patients of ``experiments/mscmrseg_lge.py``, measured
   on its "unlabelled" LGE patients (images the MTN may see; their labels train nothing); the
   test LGE patients are not read.
 
 Each ``--variant "name: key=value, key=value"`` is a set of config overrides on the preset;
 "baseline" (the preset itself) is always run. Each ``--infer "name: infer.key=value"`` measures
-every trained localizer again with other inference settings (no retraining), beside "preset". Settings for the localizer are chosen here, on
-development data, before any test number.
+every trained localizer again with other inference settings (no retraining), beside "preset".
+Settings for the localizer are chosen here, on development data, before any test number.
 
     python benchmarks/localizer_cv.py --dataset acdc --data ../shared/data/acdc --folds 4 \\
         --variant "intensity 0.3: localizer.intensity=0.3" --infer "7 views: infer.localizer_views=7"
@@ -41,11 +43,16 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name.strip(), overrides
 
 
-def dev_splits(dataset: str, data: Path, folds: int, split_seed: int, n_test: int = 20):
+def dev_splits(dataset: str, data: Path, folds: int, split_seed: int, n_test: int = 20,
+               outer_folds: int = 4, base=None):
     """[(train cases, dev cases)], never containing an experiment's test patients."""
-    from cm_trancaf.experiments.cohorts import acdc_cohort, kfold_splits, mscmrseg_cohort
-    if dataset == "acdc":
-        train, _test = acdc_cohort(data, n_test, seed=split_seed).splits[0]
+    from cm_trancaf.experiments.cohorts import (acdc_cohort, kfold_splits, mmwhs_cohort,
+                                                mscmrseg_cohort)
+    if dataset in ("acdc", "mmwhs"):
+        if dataset == "acdc":
+            train, _test = acdc_cohort(data, n_test, seed=split_seed).splits[0]
+        else:                  # the training cases of the first fold of experiments/mmwhs_ct.py
+            train, _test = mmwhs_cohort(base, data, outer_folds).splits[0]
         by_id = {c.case_id: c for c in train}
         return [([by_id[i] for i in tr], [by_id[i] for i in te])
                 for tr, te in kfold_splits(sorted(by_id), folds, split_seed)]
@@ -58,18 +65,21 @@ def dev_splits(dataset: str, data: Path, folds: int, split_seed: int, n_test: in
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=("acdc", "mscmrseg"), required=True)
+    p.add_argument("--dataset", choices=("acdc", "mscmrseg", "mmwhs"), required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--preset", default="cmr_cpu")
+    p.add_argument("--preset", default=None, help="default: cpu for mmwhs, else cmr_cpu")
     p.add_argument("--folds", type=int, default=4, help="acdc: folds over the training patients")
     p.add_argument("--split-seed", type=int, default=0, help="the experiments' patient split")
     p.add_argument("--n-test", type=int, default=20, help="acdc: the experiment's test patients")
+    p.add_argument("--outer-folds", type=int, default=4,
+                   help="mmwhs: the experiment's folds; its first fold's training cases are used")
     p.add_argument("--variant", action="append", default=[], metavar="'NAME: K=V, ...'")
     p.add_argument("--infer", action="append", default=[], metavar="'NAME: K=V, ...'",
                    help="inference settings (infer.*) each trained localizer is also measured with")
     p.add_argument("--far", type=float, default=30.0, help="errors above this (mm) are counted")
     p.add_argument("--out", default="results/localizer_cv")
     args = p.parse_args(argv)
+    args.preset = args.preset or ("cpu" if args.dataset == "mmwhs" else "cmr_cpu")
     variants = [("baseline", [])] + [parse_variant(v) for v in args.variant]
     inference = [("preset", [])] + [parse_variant(v) for v in args.infer]
 
@@ -84,8 +94,9 @@ def main(argv=None) -> int:
     from cm_trancaf.train.seg import prepare_cases, train_localizer
     from cm_trancaf.utils import atomic_path
 
-    splits = dev_splits(args.dataset, Path(args.data), args.folds, args.split_seed, args.n_test)
-    fixed = [f"data.labels={args.dataset}", "data.modality=mr"]
+    fixed = [] if args.dataset == "mmwhs" else [f"data.labels={args.dataset}", "data.modality=mr"]
+    splits = dev_splits(args.dataset, Path(args.data), args.folds, args.split_seed, args.n_test,
+                        args.outer_folds, apply_overrides(get_preset(args.preset), fixed))
     rows, prepared = [], {}
     for name, overrides in variants:
         cfg = apply_overrides(get_preset(args.preset), fixed + overrides)
