@@ -124,6 +124,23 @@ def test_dev_split_tests_training_cases_only_and_drops_the_test_cases():
         dev_cohort(cohort, 11)
 
 
+def test_settings_share_one_localizer_run(results):
+    """The localizer learns from the real training cases only, so the settings of a table (which
+    differ in generated data and MAUNet switches) share one localizer run: trained once, the same
+    weights in every setting's cascade."""
+    import json
+    _, run, _ = results
+    shared = list((run / "work" / "localizer").iterdir())
+    assert len(shared) == 1 and (shared[0] / "done.json").exists()
+    weights = []
+    for name in ("r=0.0", "r=1.0", "r=0.5 no AG"):
+        seg = run / "work" / "seg" / name / "s0_f0"
+        assert json.loads((seg / "done.json").read_text())["localizer"] == str(shared[0])
+        ckpt = sorted((seg / "localizer" / "ckpt" / "last").glob("*.data-*"))
+        weights.append(b"".join(p.read_bytes() for p in ckpt))
+    assert weights[0] and weights[0] == weights[1] == weights[2]
+
+
 def test_cross_validation_tests_each_training_case(tiny_phantom, tmp_path):
     settings = [Setting("cascade", mtn=True, ratio=1.0),
                 Setting("SCN off", ("scn.enabled=False",), same_run_as="cascade"),

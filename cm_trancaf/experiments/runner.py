@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from ..data import phantom
 from ..data.datasets import get_labelset
 from ..data.io import read_image
 from ..metrics import evaluate_folders
-from ..utils import UserError, atomic_path, atomic_write_text
+from ..utils import UserError, atomic_dir, atomic_path, atomic_write_text
 from .cohorts import Cohort, mmwhs_cohort
 from .report import anatomy_table, markdown_table, summarize_experiment
 
@@ -329,9 +330,30 @@ def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, trai
         raise UserError(f"setting {s.name!r} pools source-domain cases; {cohort.data} "
                         f"({cohort.layout}) has none")
     generated = _source_folder(base, s, cohort, work, seed, test_cases)
-    train_segmentation(cfg, cohort.data, seg_dir, generated=generated, cases=train_cases,
-                       extra=list(cohort.source) if s.raw else None)
-    atomic_write_text(seg_dir / "done.json", json.dumps({"seconds": time.time() - t0}))
+    # the localizer learns from the real training cases only: settings whose localizer, data,
+    # augmentation and run options agree share one localizer run (paired, and trained once)
+    shared = work / "localizer" / _key([_localizer_inputs(cfg), [c.case_id for c in train_cases]])
+    stages = ("localizer", "maunet", "scn")
+    if (shared / "done.json").exists():
+        shutil.rmtree(seg_dir / "localizer", ignore_errors=True)
+        shutil.copytree(shared / "localizer", seg_dir / "localizer")
+        stages = ("maunet", "scn")
+    train_segmentation(cfg, cohort.data, seg_dir, stages=stages, generated=generated,
+                       cases=train_cases, extra=list(cohort.source) if s.raw else None)
+    if "localizer" in stages:
+        with atomic_dir(shared) as tmp:
+            shutil.copytree(seg_dir / "localizer", Path(tmp) / "localizer")
+            atomic_write_text(Path(tmp) / "done.json", json.dumps({"trained_by": s.name}))
+    atomic_write_text(seg_dir / "done.json", json.dumps({"seconds": time.time() - t0,
+                                                         "localizer": str(shared)}))
+
+
+def _localizer_inputs(cfg) -> dict:
+    """What the localizer's training depends on (``train_localizer``): not data.ratio, which
+    changes only the generated cases of MAUNet and SCN."""
+    d = asdict(cfg)
+    d["data"].pop("ratio")
+    return {k: d[k] for k in ("data", "augment", "localizer", "train_localizer", "run")}
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
