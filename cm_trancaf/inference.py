@@ -37,8 +37,8 @@ from .models.scn import build_scn
 from .utils import UserError
 
 __all__ = ["PRECISIONS", "precision_policy", "locate", "view_peaks", "segment_roi",
-           "center_errors_mm", "Cascade", "is_export", "load_exported", "load_generator", "translate_volume",
-           "denormalize"]
+           "center_errors_mm", "Cascade", "is_export", "load_exported", "load_generator",
+           "translate_volume", "anatomy_monitor", "denormalize"]
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -361,3 +361,27 @@ def denormalize(y: np.ndarray, modality: str, cfg: ExperimentConfig) -> np.ndarr
     return ((y + 1.0) / 2.0 * (hi - lo) + lo).astype(np.float32)
 
 
+
+
+def anatomy_monitor(cascade: "Cascade", sources: list[Prepared], patch_size,
+                    modality: str) -> Callable[[object], dict]:
+    """The FCN score (``metrics.anatomy_score``) while the MTN trains: ``score(G_c)`` translates
+    each labelled source case on its working grid (``translate_volume``), normalises the result as
+    a ``modality`` image written by ``translate --grid working`` and read back would be, lets the
+    target-domain ``cascade`` segment it, and returns the mean Dice over the foreground classes
+    against the source labels (``{"val/anatomy_dice": ...}``)."""
+    from .data.preprocess import normalize
+    from .metrics import overlap
+    if not sources or any(p.label is None for p in sources):
+        raise UserError("the anatomy score needs labelled source cases")
+
+    def score(generator) -> dict:
+        dice = []
+        for p in sources:
+            fake = translate_volume(generator, p.image, patch_size)
+            fake = normalize(denormalize(fake, modality, cascade.cfg), modality, cascade.cfg.data)
+            classes, _, _ = cascade.segment(replace(p, image=fake))
+            dice += [overlap(classes == k, p.label == k)[0]
+                     for k in range(1, cascade.labelset.num_classes)]
+        return {"val/anatomy_dice": float(np.mean(dice))}
+    return score

@@ -141,6 +141,16 @@ def test_settings_share_one_localizer_run(results):
     assert weights[0] and weights[0] == weights[1] == weights[2]
 
 
+def test_mtn_logs_the_anatomy_it_keeps(results):
+    """With a cascade of real target cases alone (here "r=0.0"), the MTN's own validation log
+    holds the anatomy (FCN) score of G_c's translations, a Dice in [0, 1] at each validation."""
+    _, run, _ = results
+    (mtn,) = list((run / "work" / "mtn").iterdir())
+    val = pd.read_csv(mtn / "val.csv")
+    assert len(val) >= 2 and val["val/anatomy_dice"].between(0, 1).all()
+    assert "val/anatomy_dice" in json.loads((mtn / "summary.json").read_text())["best"]
+
+
 def test_cross_validation_tests_each_training_case(tiny_phantom, tmp_path):
     settings = [Setting("cascade", mtn=True, ratio=1.0),
                 Setting("SCN off", ("scn.enabled=False",), same_run_as="cascade"),

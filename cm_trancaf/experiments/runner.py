@@ -64,16 +64,21 @@ class Setting:
     same_run_as: str | None = None
 
 
+ANATOMY_LOG_CASES = 5        # labelled source cases the MTN's anatomy log translates each time
+
+
 def _key(items) -> str:
     return hashlib.sha1(json.dumps(list(items)).encode()).hexdigest()[:8] if items else "default"
 
 
 def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
-               test_cases=()) -> Path:
+               test_cases=(), reference: Path | None = None) -> Path:
     """Train (once) the MTN of this setting and translate the labelled source cases; the folder.
 
     The MTN learns from the cohort's target-domain images less this fold's test images (never
-    seen by any training); folds whose MTN images are the same share one MTN."""
+    seen by any training); folds whose MTN images are the same share one MTN. ``reference``: a
+    cascade trained on real target cases alone; with it the MTN logs the anatomy G_c keeps on
+    ANATOMY_LOG_CASES labelled source cases at each validation (``val.csv``)."""
     # the stages that need TensorFlow: imported after its start-up lines are muted (command)
     from ..train.mtn import train_mtn
     from ..translate import translate_folder
@@ -88,8 +93,15 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
         key += f"_{_key([c.case_id for c in target])}"      # one MTN per set of target images
     run, out = work / "mtn" / key, work / "generated" / key
     if not (run / "summary.json").exists():
+        monitor = None
+        if reference is not None:
+            from ..inference import Cascade, anatomy_monitor
+            from ..train.seg import prepare_cases
+            ref = Cascade.load(reference)
+            sources = prepare_cases(list(cohort.source)[:ANATOMY_LOG_CASES], ref.labelset, cfg)
+            monitor = anatomy_monitor(ref, sources, cfg.mtn.patch_size, target[0].modality)
         train_mtn(cfg, cohort.data, run, layout=cohort.layout,
-                  cases=(list(cohort.source), target))
+                  cases=(list(cohort.source), target), anatomy=monitor)
     if not (out / "manifest.csv").exists():
         # on the working grid: the synthetic images are enhanced and resampled once, as real ones
         translate_folder(run, cohort.source_dir, out, grid="working")
@@ -111,13 +123,24 @@ def _harmonized(setting: Setting, cohort: Cohort, work: Path, test_cases=()) -> 
     return out
 
 
-def _source_folder(base, s: Setting, cohort: Cohort, work: Path, seed: int, test_cases):
+def _source_folder(base, s: Setting, cohort: Cohort, work: Path, seed: int, test_cases,
+                   reference: Path | None = None):
     """The folder of synthetic source cases a setting trains with (MTN or histogram matching)."""
     if s.mtn and s.harmonize:
         raise UserError(f"setting {s.name!r}: mtn and harmonize are two different settings")
     if s.mtn:
-        return _generated(base, s, cohort, work, seed, test_cases)
+        return _generated(base, s, cohort, work, seed, test_cases, reference)
     return _harmonized(s, cohort, work, test_cases) if s.harmonize else None
+
+
+def _reference(by_name: dict, work: Path, tag: str) -> Path | None:
+    """The trained cascade of the first setting of real target cases alone (e.g. "LGE only") for
+    this seed and fold, if there is one: the segmenter of the anatomy (FCN) score."""
+    for s in by_name.values():
+        if not (s.mtn or s.harmonize or s.raw or s.same_run_as) and \
+                (work / "seg" / s.name / tag / "done.json").exists():
+            return work / "seg" / s.name / tag
+    return None
 
 
 def _anatomy(base, settings, by_name, cohort: Cohort, work: Path, seed: int, fold: int,
@@ -129,12 +152,12 @@ def _anatomy(base, settings, by_name, cohort: Cohort, work: Path, seed: int, fol
     from ..data.datasets import generated_cases
     from ..metrics import anatomy_score
     tag = f"s{seed}_f{fold}"
-    ref = next((s for s in by_name.values() if not (s.mtn or s.harmonize or s.raw or s.same_run_as)
-                and (work / "seg" / s.name / tag / "done.json").exists()), None)
+    reference = _reference(by_name, work, tag)
     synthetic = [s for s in settings if (s.mtn or s.harmonize) and not s.same_run_as]
-    if ref is None or not synthetic:
+    if reference is None or not synthetic:
         return []
-    cascade = Cascade.load(work / "seg" / ref.name / tag)
+    ref = by_name[reference.parent.name]
+    cascade = Cascade.load(reference)
     real = [r["dice"] for r in rows if r["setting"] == ref.name and r["seed"] == seed
             and r["fold"] == fold and r["structure"] == "WHS_mean"]
     if not real:
@@ -276,7 +299,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                 seg_dir = work / "seg" / trained.name / tag
                 if not (seg_dir / "done.json").exists():
                     _train_setting(trained, base, cohort, work, seed, train_cases, test_cases,
-                                   seg_dir)
+                                   seg_dir, _reference(by_name, work, tag))
                 cfg = apply_overrides(base, list(s.overrides))
                 infer = [o for o in s.overrides if o.strip().startswith("infer.")]
                 case_rows, rows_1mm, centers = _evaluate_setting(
@@ -319,9 +342,10 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
 
 
 def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, train_cases,
-                   test_cases, seg_dir: Path) -> None:
+                   test_cases, seg_dir: Path, reference: Path | None = None) -> None:
     """Train the cascade of setting ``s`` (seed, fold's training cases) into ``seg_dir``; the
-    fold's test cases are only named so that no training (the MTN's included) reads them."""
+    fold's test cases are only named so that no training (the MTN's included) reads them.
+    ``reference``: a cascade of real target cases alone, for the MTN's anatomy log."""
     from ..train.seg import train_segmentation  # TensorFlow (see _generated)
     t0 = time.time()
     cfg = apply_overrides(base, [*s.overrides, f"run.seed={seed}",
@@ -329,7 +353,7 @@ def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, trai
     if s.raw and not cohort.source:
         raise UserError(f"setting {s.name!r} pools source-domain cases; {cohort.data} "
                         f"({cohort.layout}) has none")
-    generated = _source_folder(base, s, cohort, work, seed, test_cases)
+    generated = _source_folder(base, s, cohort, work, seed, test_cases, reference)
     # the localizer learns from the real training cases only: settings whose localizer, data,
     # augmentation and run options agree share one localizer run (paired, and trained once)
     shared = work / "localizer" / _key([_localizer_inputs(cfg), [c.case_id for c in train_cases]])

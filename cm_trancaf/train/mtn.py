@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import keras
 import tensorflow as tf
@@ -85,11 +86,14 @@ def _prepare_all(cases: list[Case], cfg: ExperimentConfig, modality: str) -> lis
 
 def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
               source: dict | None = None, target: dict | None = None,
-              cases: tuple[list[Case], list[Case]] | None = None) -> dict:
+              cases: tuple[list[Case], list[Case]] | None = None,
+              anatomy: Callable[[object], dict] | None = None) -> dict:
     """Train G_c (source -> target) on unpaired patches. MM-WHS default: mr_train -> ct_train.
 
     ``cases`` (source cases, target cases) replaces the data set's listing, e.g. the MS-CMRSeg LGE
-    patients of an experiment's training split; their labels are not read."""
+    patients of an experiment's training split; their labels are not read. ``anatomy(G_c)``
+    (``inference.anatomy_monitor``), if given, is logged at each validation (``val.csv``,
+    TensorBoard): the anatomy G_c keeps, in the MTN's own log."""
     run_dir, m = Path(run_dir), cfg.mtn
     source = source or {"modality": "mr", "split": "train"}
     target = target or {"modality": "ct", "split": "train"}
@@ -146,7 +150,9 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
               log_every=max(1, min(r.log_every, m.steps // 10 or 1)), val_every=every,
               ckpt_every=every, batch_size=m.batch_size,
               objects={**nets, "opt_g": opt_g, "opt_d": opt_d, "pool_c": pool_c, "pool_m": pool_m},
-              metric="loss/cycle", higher_is_better=False, desc="mtn", schedule=schedule,
+              validate=(lambda: anatomy(nets["G_c"])) if anatomy else None,
+              metric="val/anatomy_dice" if anatomy else "loss/cycle",
+              higher_is_better=anatomy is not None, desc="mtn", schedule=schedule,
               on_nonfinite=r.on_nonfinite, deterministic=r.deterministic,
               on_save=lambda: [p.store() for p in pools],
               on_restore=lambda: [p.load() for p in pools])
