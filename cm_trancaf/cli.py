@@ -117,7 +117,8 @@ def cmd_train_mtn(args) -> int:
         source, target = {"modality": "mr", "split": "train"}, {"modality": "ct", "split": "train"}
     else:
         source, target = {"sequence": args.source}, {"sequence": args.target}
-    summary = train_mtn(cfg, args.data, args.out, args.layout, source, target)
+    summary = train_mtn(cfg, args.data, args.out, args.layout, source, target,
+                        anatomy_run=args.anatomy_run)
     print(f"mtn: {summary['final']}  ({summary['seconds']} s)")
     return 0
 
@@ -200,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="C0", help="MS-CMRSeg source sequence (default C0)")
     p.add_argument("--target", default="LGE", help="MS-CMRSeg target sequence (default LGE)")
     p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--anatomy-run", help="a train-seg run on real target images: log the anatomy "
+                   "(FCN score) G_c keeps on labelled source cases at each validation")
     _add_config_args(p)
     _add_scale_args(p)
     p.set_defaults(func=cmd_train_mtn)

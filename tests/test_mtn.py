@@ -101,3 +101,22 @@ def test_lr_schedule():
     cfg = get_preset("paper").mtn
     assert lr_at(0, cfg) == cfg.lr and lr_at(cfg.steps // 2, cfg) == cfg.lr
     assert lr_at(cfg.steps, cfg) == 0.0 and 0 < lr_at(3 * cfg.steps // 4, cfg) < cfg.lr
+
+
+def test_train_mtn_logs_anatomy_with_a_target_cascade(tiny_phantom, seg_run, tmp_path):
+    """``train-mtn --anatomy-run``: each validation writes the FCN score of G_c (a Dice in
+    [0, 1]) to the MTN's own val.csv; a run folder that is not a train-seg run is one error line
+    before any MTN run folder exists."""
+    import subprocess
+    import sys
+    cli = [sys.executable, "-m", "cm_trancaf.cli", "train-mtn", "--data", str(tiny_phantom),
+           "--preset", "tiny"]
+    r = subprocess.run(cli + ["--out", str(tmp_path / "m"), "--anatomy-run", str(seg_run)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    val = pd.read_csv(tmp_path / "m" / "val.csv")
+    assert len(val) == 4 and val["val/anatomy_dice"].between(0, 1).all()
+    r = subprocess.run(cli + ["--out", str(tmp_path / "n"), "--anatomy-run", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "not a train-seg run" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "n").exists()

@@ -93,15 +93,9 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
         key += f"_{_key([c.case_id for c in target])}"      # one MTN per set of target images
     run, out = work / "mtn" / key, work / "generated" / key
     if not (run / "summary.json").exists():
-        monitor = None
-        if reference is not None:
-            from ..inference import Cascade, anatomy_monitor
-            from ..train.seg import prepare_cases
-            ref = Cascade.load(reference)
-            sources = prepare_cases(list(cohort.source)[:ANATOMY_LOG_CASES], ref.labelset, cfg)
-            monitor = anatomy_monitor(ref, sources, cfg.mtn.patch_size, target[0].modality)
         train_mtn(cfg, cohort.data, run, layout=cohort.layout,
-                  cases=(list(cohort.source), target), anatomy=monitor)
+                  cases=(list(cohort.source), target), anatomy_run=reference,
+                  anatomy_cases=ANATOMY_LOG_CASES)
     if not (out / "manifest.csv").exists():
         # on the working grid: the synthetic images are enhanced and resampled once, as real ones
         translate_folder(run, cohort.source_dir, out, grid="working")

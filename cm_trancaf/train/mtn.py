@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 import keras
 import tensorflow as tf
@@ -24,11 +23,11 @@ from ..data.datasets import Case, find_cases
 from ..data.io import read_image
 from ..data.pipeline import patch_dataset
 from ..data.preprocess import Prepared, prepare
-from ..inference import precision_policy
+from ..inference import Cascade, anatomy_monitor, precision_policy
 from ..losses import (adversarial_bce, adversarial_lsgan, cycle_l1, discriminator_loss,
                       identity_l1)
 from ..models.mtn import ImagePool, build_mtn
-from ..utils import atomic_write_text
+from ..utils import UserError, atomic_write_text
 from .loop import Run, train_loop
 from .scale import distribute, get_strategy, make_optimizer, make_step, scatter
 
@@ -87,13 +86,14 @@ def _prepare_all(cases: list[Case], cfg: ExperimentConfig, modality: str) -> lis
 def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
               source: dict | None = None, target: dict | None = None,
               cases: tuple[list[Case], list[Case]] | None = None,
-              anatomy: Callable[[object], dict] | None = None) -> dict:
+              anatomy_run: str | Path | None = None, anatomy_cases: int = 5) -> dict:
     """Train G_c (source -> target) on unpaired patches. MM-WHS default: mr_train -> ct_train.
 
     ``cases`` (source cases, target cases) replaces the data set's listing, e.g. the MS-CMRSeg LGE
-    patients of an experiment's training split; their labels are not read. ``anatomy(G_c)``
-    (``inference.anatomy_monitor``), if given, is logged at each validation (``val.csv``,
-    TensorBoard): the anatomy G_c keeps, in the MTN's own log."""
+    patients of an experiment's training split; their labels are not read. ``anatomy_run``: a
+    ``train-seg`` run trained on real target-domain images; with it, each validation logs the
+    anatomy G_c keeps (``val/anatomy_dice`` in ``val.csv`` and TensorBoard: the FCN score of
+    ``inference.anatomy_monitor`` on the first ``anatomy_cases`` labelled source cases)."""
     run_dir, m = Path(run_dir), cfg.mtn
     source = source or {"modality": "mr", "split": "train"}
     target = target or {"modality": "ct", "split": "train"}
@@ -105,6 +105,15 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
         src_mod, tgt_mod = src_cases[0].modality, tgt_cases[0].modality
     src = _prepare_all(src_cases, cfg, src_mod)
     tgt = _prepare_all(tgt_cases, cfg, tgt_mod)
+    anatomy = None
+    if anatomy_run is not None:
+        from .seg import prepare_cases
+        labelled = [c for c in src_cases if c.label is not None][:anatomy_cases]
+        if not labelled:
+            raise UserError(f"--anatomy-run: no labelled source cases in {data_root}")
+        ref = Cascade.load(anatomy_run)
+        sources = prepare_cases(labelled, ref.labelset, ref.cfg)   # on the cascade's grid
+        anatomy = anatomy_monitor(ref, sources, m.patch_size, tgt_mod)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
     atomic_write_text(run_dir / "mtn.json", json.dumps(
