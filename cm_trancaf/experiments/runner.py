@@ -64,9 +64,6 @@ class Setting:
     same_run_as: str | None = None
 
 
-ANATOMY_LOG_CASES = 5        # labelled source cases the MTN's anatomy log translates each time
-
-
 def _key(items) -> str:
     return hashlib.sha1(json.dumps(list(items)).encode()).hexdigest()[:8] if items else "default"
 
@@ -78,7 +75,7 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
     The MTN learns from the cohort's target-domain images less this fold's test images (never
     seen by any training); folds whose MTN images are the same share one MTN. ``reference``: a
     cascade trained on real target cases alone; with it the MTN logs the anatomy G_c keeps on
-    ANATOMY_LOG_CASES labelled source cases at each validation (``val.csv``)."""
+    ``mtn.anatomy_cases`` labelled source cases at each validation (``val.csv``)."""
     # the stages that need TensorFlow: imported after its start-up lines are muted (command)
     from ..train.mtn import train_mtn
     from ..translate import translate_folder
@@ -94,8 +91,7 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
     run, out = work / "mtn" / key, work / "generated" / key
     if not (run / "summary.json").exists():
         train_mtn(cfg, cohort.data, run, layout=cohort.layout,
-                  cases=(list(cohort.source), target), anatomy_run=reference,
-                  anatomy_cases=ANATOMY_LOG_CASES)
+                  cases=(list(cohort.source), target), anatomy_run=reference)
     if not (out / "manifest.csv").exists():
         # on the working grid: the synthetic images are enhanced and resampled once, as real ones
         translate_folder(run, cohort.source_dir, out, grid="working")

@@ -86,14 +86,14 @@ def _prepare_all(cases: list[Case], cfg: ExperimentConfig, modality: str) -> lis
 def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
               source: dict | None = None, target: dict | None = None,
               cases: tuple[list[Case], list[Case]] | None = None,
-              anatomy_run: str | Path | None = None, anatomy_cases: int = 5) -> dict:
+              anatomy_run: str | Path | None = None) -> dict:
     """Train G_c (source -> target) on unpaired patches. MM-WHS default: mr_train -> ct_train.
 
     ``cases`` (source cases, target cases) replaces the data set's listing, e.g. the MS-CMRSeg LGE
     patients of an experiment's training split; their labels are not read. ``anatomy_run``: a
     ``train-seg`` run trained on real target-domain images; with it, each validation logs the
     anatomy G_c keeps (``val/anatomy_dice`` in ``val.csv`` and TensorBoard: the FCN score of
-    ``inference.anatomy_monitor`` on the first ``anatomy_cases`` labelled source cases)."""
+    ``inference.anatomy_monitor`` on the first ``mtn.anatomy_cases`` labelled source cases)."""
     run_dir, m = Path(run_dir), cfg.mtn
     source = source or {"modality": "mr", "split": "train"}
     target = target or {"modality": "ct", "split": "train"}
@@ -108,7 +108,7 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
     anatomy = None
     if anatomy_run is not None:
         from .seg import prepare_cases
-        labelled = [c for c in src_cases if c.label is not None][:anatomy_cases]
+        labelled = [c for c in src_cases if c.label is not None][:m.anatomy_cases]
         if not labelled:
             raise UserError(f"--anatomy-run: no labelled source cases in {data_root}")
         ref = Cascade.load(anatomy_run)
