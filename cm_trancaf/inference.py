@@ -361,8 +361,6 @@ def denormalize(y: np.ndarray, modality: str, cfg: ExperimentConfig) -> np.ndarr
     return ((y + 1.0) / 2.0 * (hi - lo) + lo).astype(np.float32)
 
 
-
-
 def anatomy_monitor(cascade: "Cascade", sources: list[Prepared], patch_size,
                     modality: str) -> Callable[[object], dict]:
     """The FCN score (``metrics.anatomy_score``) while the MTN trains: ``score(G_c)`` translates

@@ -336,7 +336,7 @@ def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, trai
     """Train the cascade of setting ``s`` (seed, fold's training cases) into ``seg_dir``; the
     fold's test cases are only named so that no training (the MTN's included) reads them.
     ``reference``: a cascade of real target cases alone, for the MTN's anatomy log."""
-    from ..train.seg import train_segmentation  # TensorFlow (see _generated)
+    from ..train.seg import STAGES, train_segmentation  # TensorFlow (see _generated)
     t0 = time.time()
     cfg = apply_overrides(base, [*s.overrides, f"run.seed={seed}",
                                  f"data.ratio={s.ratio if s.mtn or s.harmonize else 0.0}"])
@@ -347,7 +347,7 @@ def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, trai
     # the localizer learns from the real training cases only: settings whose localizer, data,
     # augmentation and run options agree share one localizer run (paired, and trained once)
     shared = work / "localizer" / _key([_localizer_inputs(cfg), [c.case_id for c in train_cases]])
-    stages = ("localizer", "maunet", "scn")
+    stages = STAGES
     if (shared / "done.json").exists():
         shutil.rmtree(seg_dir / "localizer", ignore_errors=True)
         shutil.copytree(shared / "localizer", seg_dir / "localizer")
