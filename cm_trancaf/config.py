@@ -88,6 +88,10 @@ class CycleGANConfig:
     foreground: float = 0.9                    # share of patches centred inside the body, not air
                                                # (paper silent; 0: uniform centres; README table)
     anatomy_cases: int = 5                     # labelled source cases of the anatomy log (FCN score)
+    # w_s, weight of the shape-consistency term (beyond the paper; 0 = off, the paper's MTN):
+    # a frozen target-domain MAUNet must segment G_c(labelled source ROI) as its source labels
+    # (Zhang et al., CVPR 2018, with a fixed segmenter; train_mtn(anatomy_run=), README)
+    shape_weight: float = 0.0
 
 
 @dataclass(frozen=True)

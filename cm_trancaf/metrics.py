@@ -44,7 +44,12 @@ def _surface(mask):
 
 
 def distances(a: np.ndarray, b: np.ndarray, spacing_dhw) -> tuple[float, float, float]:
-    """(HD, HD95, ASSD) in mm between boolean masks on a grid with ``spacing_dhw``."""
+    """(HD, HD95, ASSD) in mm between boolean masks on a grid with ``spacing_dhw``.
+
+    HD = max(max_{x in A} d(x, B), max_{y in B} d(y, A)) over all voxels; HD95 and ASSD over the
+    surface voxels, to the other mask's surface. Two distance transforms: outside a mask, the
+    nearest voxel of the mask is one of its surface voxels (a voxel whose 26 neighbours are all
+    inside has a neighbour closer to any outside point), so d(x, B) = d(x, surface of B) there."""
     if not a.any() and not b.any():
         return 0.0, 0.0, 0.0
     if not a.any() or not b.any():
@@ -53,14 +58,11 @@ def distances(a: np.ndarray, b: np.ndarray, spacing_dhw) -> tuple[float, float, 
     lo, hi = np.maximum(idx.min(0) - 1, 0), np.minimum(idx.max(0) + 2, a.shape)
     box = tuple(slice(l, h) for l, h in zip(lo, hi))
     a, b = np.pad(a[box], 1), np.pad(b[box], 1)
-    da = ndimage.distance_transform_edt(~a, sampling=spacing_dhw)   # distance to A
-    db = ndimage.distance_transform_edt(~b, sampling=spacing_dhw)
-    hd = max(db[a].max(), da[b].max())
     sa, sb = _surface(a), _surface(b)
-    # surface-to-surface: distance from a surface voxel to the other object's surface
-    dsa = ndimage.distance_transform_edt(~sb, sampling=spacing_dhw)[sa]
-    dsb = ndimage.distance_transform_edt(~sa, sampling=spacing_dhw)[sb]
-    surf = np.concatenate([dsa, dsb])
+    to_sa = ndimage.distance_transform_edt(~sa, sampling=spacing_dhw)   # distance to A's surface
+    to_sb = ndimage.distance_transform_edt(~sb, sampling=spacing_dhw)
+    hd = max(to_sb[a & ~b].max(initial=0.0), to_sa[b & ~a].max(initial=0.0))
+    surf = np.concatenate([to_sb[sa], to_sa[sb]])
     return float(hd), float(np.percentile(surf, 95)), float(surf.mean())
 
 

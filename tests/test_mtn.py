@@ -105,18 +105,62 @@ def test_lr_schedule():
 
 def test_train_mtn_logs_anatomy_with_a_target_cascade(tiny_phantom, seg_run, tmp_path):
     """``train-mtn --anatomy-run``: each validation writes the FCN score of G_c (a Dice in
-    [0, 1]) to the MTN's own val.csv; a run folder that is not a train-seg run is one error line
+    [0, 1]) to the MTN's own val.csv, and the run's MAUNet drives the shape term when it is on
+    (``loss/shape`` in log.csv); a run folder that is not a train-seg run is one error line
     before any MTN run folder exists."""
     import subprocess
     import sys
     cli = [sys.executable, "-m", "cm_trancaf.cli", "train-mtn", "--data", str(tiny_phantom),
            "--preset", "tiny"]
-    r = subprocess.run(cli + ["--out", str(tmp_path / "m"), "--anatomy-run", str(seg_run)],
+    r = subprocess.run(cli + ["--out", str(tmp_path / "m"), "--anatomy-run", str(seg_run),
+                              "--set", "mtn.shape_weight=1.0"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     val = pd.read_csv(tmp_path / "m" / "val.csv")
     assert len(val) == 4 and val["val/anatomy_dice"].between(0, 1).all()
+    log = pd.read_csv(tmp_path / "m" / "log.csv")
+    assert log["loss/shape"].between(0, 2).all()
     r = subprocess.run(cli + ["--out", str(tmp_path / "n"), "--anatomy-run", str(tmp_path)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "not a train-seg run" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "n").exists()
+
+
+def test_shape_term_trains_G_c_through_a_frozen_segmenter():
+    """L_shape (``mtn.shape_weight``): from the same weights and batches, 20 generator steps with
+    the shape term leave a lower shape loss (the frozen S_t segments G_c(x_s) more like y_s)
+    than 20 steps without it, and S_t's weights stay bit for bit what they were."""
+    import keras
+    from cm_trancaf.models.maunet import build_maunet
+    from cm_trancaf.models.mtn import build_mtn
+    from cm_trancaf.train.mtn import make_mtn_steps
+    rng = np.random.default_rng(0)
+    patch = lambda: rng.uniform(-1, 1, (1, 16, 16, 16, 1)).astype("float32")
+    m, c, x_s = patch(), patch(), patch()
+    y_s = np.zeros((1, 16, 16, 16), "int64")
+    y_s[:, 4:12, 4:12, 2:8], y_s[:, 4:12, 4:12, 8:14] = 1, 2          # two boxes side by side
+    y_s = np.eye(3, dtype="float32")[y_s]
+
+    def shape_losses(weight):
+        cfg = apply_overrides(get_preset("tiny"), [f"mtn.shape_weight={weight}", "mtn.lr=0.002"])
+        keras.utils.set_random_seed(3)
+        nets = build_mtn(cfg.mtn)
+        s_t = build_maunet(cfg.maunet, 3, (16, 16, 16))
+        frozen = [w.copy() for w in s_t.get_weights()]
+        opt_g, opt_d = (keras.optimizers.Adam(cfg.mtn.lr, beta_1=0.5) for _ in range(2))
+        gen_step, _ = make_mtn_steps(nets, opt_g, opt_d, cfg.mtn, segmenter=s_t)
+        losses = [float(gen_step(m, c, x_s, y_s)[0]["loss/shape"]) for _ in range(20)]
+        for a, b in zip(s_t.get_weights(), frozen):
+            np.testing.assert_array_equal(a, b)
+        return losses
+
+    with_term, without = shape_losses(100.0), shape_losses(0.0)
+    assert with_term[0] == pytest.approx(without[0], abs=1e-5)        # same start
+    assert np.mean(with_term[-5:]) < np.mean(without[-5:]) - 0.05, (with_term, without)
+
+
+def test_shape_term_needs_a_target_segmenter(tiny_phantom, tmp_path):
+    cfg = apply_overrides(get_preset("tiny"), ["mtn.shape_weight=1.0"])
+    with pytest.raises(UserError, match="--anatomy-run"):
+        train_mtn(cfg, tiny_phantom, tmp_path / "m")
+    assert not (tmp_path / "m").exists()

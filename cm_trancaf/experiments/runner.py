@@ -83,6 +83,10 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
         raise UserError(f"setting {setting.name!r} needs source-domain cases (MTN); "
                         f"{cohort.data} ({cohort.layout}) has none")
     cfg = apply_overrides(base, [*setting.mtn_overrides, f"run.seed={seed}"])
+    if cfg.mtn.shape_weight > 0 and reference is None:
+        raise UserError(f"setting {setting.name!r}: the MTN's shape term needs the cascade of a "
+                        f"setting trained on real target cases alone (e.g. \"LGE only\") for "
+                        f"seed {seed}: run that setting first")
     tested = {c.case_id for c in test_cases}
     target = [c for c in cohort.mtn_target if c.case_id not in tested]
     key = f"{_key(setting.mtn_overrides)}_s{seed}"
