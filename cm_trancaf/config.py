@@ -88,6 +88,7 @@ class CycleGANConfig:
     foreground: float = 0.9                    # share of patches centred inside the body, not air
                                                # (paper silent; 0: uniform centres; README table)
     anatomy_cases: int = 5                     # labelled source cases of the anatomy log (FCN score)
+    validations: int = 4                       # evenly spaced validations + checkpoints per run
     # w_s, weight of the shape-consistency term (beyond the paper; 0 = off, the paper's MTN):
     # a frozen target-domain MAUNet must segment G_c(labelled source ROI) as its source labels
     # (Zhang et al., CVPR 2018, with a fixed segmenter; train_mtn(anatomy_run=), README)
@@ -247,7 +248,8 @@ PRESETS["tiny"] = _preset(
     PRESETS["demo"], "tiny",
     data={"spacing": (6.0, 6.0, 6.0), "roi_size": (32, 32, 32), "enhance_sigma_mm": 6.0},
     mtn={"gen_filters": 4, "gen_res_blocks": 1, "disc_filters": 4, "disc_layers": 2,
-         "patch_size": (16, 16, 16), "steps": 4, "pool_size": 4, "anatomy_cases": 1},
+         "patch_size": (16, 16, 16), "steps": 4, "pool_size": 4, "anatomy_cases": 1,
+         "validations": 2},
     maunet={"base_filters": 4},
     scn={"filters": 4, "kernel": (3, 3, 3), "spatial_convs": 1},
     localizer={"size": (16, 16, 16), "spacing_mm": 20.0, "filters": 4},

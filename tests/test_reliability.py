@@ -55,7 +55,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(stage, tiny_phantom, tmp_p
         cmd = lambda out: CLI + ["train-seg", "--out", str(out)] + common
         ckpt, log = lambda run: run / "maunet" / "ckpt" / "last", lambda run: run / "maunet" / "log.csv"
     else:          # the MTN also checkpoints its image pools: G and D see the same fakes
-        common += ["--data", str(tiny_phantom), "--set", "mtn.steps=24", "--set", "mtn.pool_size=3"]
+        common += ["--data", str(tiny_phantom), "--set", "mtn.steps=24", "--set", "mtn.pool_size=3",
+                   "--set", "mtn.validations=4"]
         cmd = lambda out: CLI + ["train-mtn", "--out", str(out)] + common
         ckpt, log = lambda run: run / "ckpt" / "last", lambda run: run / "log.csv"
     ref, killed = tmp_path / "ref", tmp_path / "killed"

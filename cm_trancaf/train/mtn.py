@@ -198,7 +198,7 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
         opt_g.learning_rate.assign(lr)
         opt_d.learning_rate.assign(lr)
 
-    every = max(1, m.steps // 4)
+    every = max(1, m.steps // max(1, m.validations))
     pools = (pool_c, pool_m)
     run = Run(run_dir=run_dir, steps=m.steps,
               log_every=max(1, min(r.log_every, m.steps // 10 or 1)), val_every=every,
