@@ -247,3 +247,13 @@ def test_notebooks_execute_headless(results, notebook, monkeypatch):
         assert {"dice_bars.png", "ratio_curve.png", "ablation_heatmap.png"} <= set(figures)
     else:
         assert any(f.startswith("qualitative_") for f in figures)
+
+
+def test_shape_term_setting_without_a_target_only_run_is_one_error(tiny_phantom, tmp_path):
+    """A setting whose MTN uses the shape term needs the seed's cascade of real target cases
+    alone (its frozen segmenter); run alone, it stops with a message naming that, before any
+    MTN run folder exists."""
+    settings = [Setting("shape", mtn=True, ratio=1.0, mtn_overrides=("mtn.shape_weight=1.0",))]
+    with pytest.raises(UserError, match="trained on real target cases alone"):
+        run_experiment("t", settings, get_preset("tiny"), tmp_path / "o", tiny_phantom)
+    assert not (tmp_path / "o" / "work" / "mtn").exists()
