@@ -95,7 +95,9 @@ def test_mscmrseg_experiment_pools_translates_and_tables(tiny_mscmrseg, tmp_path
     settings = [Setting("LGE only", ("scn.enabled=False",)),
                 Setting("LGE + raw bSSFP", ("scn.enabled=False",), raw=True),
                 Setting("LGE + hist r=1.0", ("scn.enabled=False",), harmonize=True, ratio=1.0),
-                Setting("LGE + MTN r=1.0", mtn=True, ratio=1.0)]
+                # the MTN with its shape term: S_t is the "LGE only" run's MAUNet
+                Setting("LGE + MTN r=1.0", mtn=True, ratio=1.0,
+                        mtn_overrides=("mtn.shape_weight=1.0",))]
     cohort = mscmrseg_cohort(tiny_mscmrseg, n_train=2, n_unlabelled=1, seed=0)
     run = tmp_path / "mscmrseg_lge"
     df = run_experiment("mscmrseg_lge", settings, base, run, cohort=cohort, note="no published row")
@@ -111,6 +113,7 @@ def test_mscmrseg_experiment_pools_translates_and_tables(tiny_mscmrseg, tmp_path
     assert split("LGE + MTN r=1.0")["val"] == []
     # the MTN learnt from the LGE training + unlabelled images only, never from test patients
     mtn = json.loads(next((run / "work/mtn").glob("*/mtn.json")).read_text())
+    assert pd.read_csv(next((run / "work/mtn").glob("*/log.csv")))["loss/shape"].notna().all()
     assert set(mtn["target"]) == {c.case_id for c in cohort.mtn_target}
     assert not set(mtn["target"]) & {c.case_id for c in test}
     manifest = pd.read_csv(next((run / "work/generated").glob("*/manifest.csv")))

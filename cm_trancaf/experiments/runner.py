@@ -83,10 +83,6 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
         raise UserError(f"setting {setting.name!r} needs source-domain cases (MTN); "
                         f"{cohort.data} ({cohort.layout}) has none")
     cfg = apply_overrides(base, [*setting.mtn_overrides, f"run.seed={seed}"])
-    if cfg.mtn.shape_weight > 0 and reference is None:
-        raise UserError(f"setting {setting.name!r}: the MTN's shape term needs the cascade of a "
-                        f"setting trained on real target cases alone (e.g. \"LGE only\") for "
-                        f"seed {seed}: run that setting first")
     tested = {c.case_id for c in test_cases}
     target = [c for c in cohort.mtn_target if c.case_id not in tested]
     key = f"{_key(setting.mtn_overrides)}_s{seed}"
@@ -94,6 +90,10 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
         key += f"_{_key([c.case_id for c in target])}"      # one MTN per set of target images
     run, out = work / "mtn" / key, work / "generated" / key
     if not (run / "summary.json").exists():
+        if cfg.mtn.shape_weight > 0 and reference is None:
+            raise UserError(f"setting {setting.name!r}: the MTN's shape term needs the cascade of "
+                            f"a setting trained on real target cases alone (e.g. \"LGE only\") "
+                            f"for seed {seed}: run that setting first")
         train_mtn(cfg, cohort.data, run, layout=cohort.layout,
                   cases=(list(cohort.source), target), anatomy_run=reference)
     if not (out / "manifest.csv").exists():
@@ -158,7 +158,7 @@ def _anatomy(base, settings, by_name, cohort: Cohort, work: Path, seed: int, fol
         return []
     out, seen = [], {}
     for s in synthetic:
-        folder = _source_folder(base, s, cohort, work, seed, test_cases)
+        folder = _source_folder(base, s, cohort, work, seed, test_cases, reference)
         if folder not in seen:
             df = anatomy_score(cascade.predict_image, generated_cases(folder), labelset)
             seen[folder] = float(df[df.structure == "WHS_mean"]["dice"].mean())
