@@ -48,6 +48,10 @@ class DataConfig:
     mr_output_range: tuple[float, float] = (0.0, 1000.0)
     # the segmentation training set
     ratio: float = 0.5                         # r: share of MTN-generated cases (SPEC: 0.5 best)
+    # share of MAUNet / SCN training ROIs drawn from the real labelled cases when generated or
+    # pooled cases train too (beyond the paper; 0: every case equally likely, as the paper, so
+    # 5 real + 22 synthetic cases give the real ones 19 % of the samples)
+    real_share: float = 0.0
     # share of the labelled training cases held out for validation (checkpoint selection); the
     # paper trains on all of them (0: the last checkpoint is used). ``train-seg --val-cases``
     # names them instead.

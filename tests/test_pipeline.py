@@ -112,3 +112,39 @@ def test_foreground_patches_land_inside_the_body():
     a = next(iter(patch_dataset([vol], (16, 16, 16), 4, 5, foreground=0.5)))
     b = next(iter(patch_dataset([vol], (16, 16, 16), 4, 5, foreground=0.5)))
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_case_weights_set_the_share_of_real_samples():
+    """``data.real_share``: with 2 real and 8 other cases and share 0.5, about half of the
+    sampled ROIs come from the real cases (uniform sampling: a fifth); weights of None keep
+    every case equally likely; a share outside [0, 1] is an error."""
+    import pytest
+    from dataclasses import replace
+    from cm_trancaf.train.seg import case_weights
+    from cm_trancaf.utils import UserError
+    base = _prepared_blob()
+    cases = [replace(base, image=np.full_like(base.image, k / 10.0)) for k in range(10)]
+
+    def real_fraction(weights, n=400):
+        ds = roi_dataset(cases, (8, 8, 8), 2, AUG, 8, seed=0, augment=False, weights=weights)
+        ks = np.concatenate([np.round(x.numpy()[:, 4, 4, 4, 0] * 10) for x, _ in ds.take(n // 8)])
+        return float(np.mean(ks < 2))                              # cases 0 and 1 are "real"
+
+    w = case_weights(2, 8, 0.5)
+    assert w[:2] == [0.25, 0.25] and abs(sum(w) - 1) < 1e-12
+    assert 0.4 < real_fraction(w) < 0.6
+    assert 0.1 < real_fraction(case_weights(2, 8, 0.0)) < 0.3     # None: uniform, 2 of 10
+    assert case_weights(2, 8, 0.0) is None and case_weights(5, 0, 0.5) is None
+    with pytest.raises(UserError, match="real_share"):
+        case_weights(2, 8, 1.5)
+
+
+def _prepared_blob():
+    from cm_trancaf.data.io import Geometry
+    from cm_trancaf.data.preprocess import Prepared
+    label = np.zeros((16, 16, 16), np.uint8)
+    label[6:10, 6:10, 6:10] = 1
+    grid = Geometry(size=(16, 16, 16), spacing=(2.0, 2.0, 2.0), origin=(0.0, 0.0, 0.0),
+                    direction=tuple(np.eye(3).ravel()))
+    return Prepared(image=np.zeros((16, 16, 16), np.float32), label=label, grid=grid,
+                    source=grid, case_id="blob")

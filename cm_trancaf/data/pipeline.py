@@ -58,16 +58,22 @@ def _augment_intensity(img, rng, amount):
 
 
 def roi_dataset(cases: list[Prepared], roi_size, num_classes: int, aug: AugmentConfig,
-                batch_size: int, seed: int, start: int = 0, augment: bool = True) -> tf.data.Dataset:
-    """Infinite dataset of augmented ROI batches around each case's heart centre."""
+                batch_size: int, seed: int, start: int = 0, augment: bool = True,
+                weights=None) -> tf.data.Dataset:
+    """Infinite dataset of augmented ROI batches around each case's heart centre; each sample's
+    case is drawn uniformly, or with probabilities ``weights`` (one per case, sum 1)."""
     if not cases or any(c.label is None for c in cases):
         raise ValueError("roi_dataset needs at least one case, all with labels")
+    if weights is not None:
+        weights = np.asarray(weights, np.float64)
+        if weights.shape != (len(cases),) or (weights < 0).any() or abs(weights.sum() - 1) > 1e-6:
+            raise ValueError(f"weights must be {len(cases)} probabilities summing to 1")
     centers = [foreground_center(c.label) for c in cases]
     size = tuple(int(s) for s in roi_size)
 
     def draw(i):
         rng = np.random.default_rng([seed, int(i)])
-        k = int(rng.integers(len(cases)))
+        k = int(rng.integers(len(cases)) if weights is None else rng.choice(len(cases), p=weights))
         c = cases[k]
         if augment:
             sp = np.asarray(c.grid.spacing)[::-1]

@@ -367,10 +367,11 @@ def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, trai
 
 
 def _localizer_inputs(cfg) -> dict:
-    """What the localizer's training depends on (``train_localizer``): not data.ratio, which
-    changes only the generated cases of MAUNet and SCN."""
+    """What the localizer's training depends on (``train_localizer``): not data.ratio or
+    data.real_share, which change only the cases MAUNet and SCN learn from."""
     d = asdict(cfg)
     d["data"].pop("ratio")
+    d["data"].pop("real_share")
     return {k: d[k] for k in ("data", "augment", "localizer", "train_localizer", "run")}
 
 

@@ -91,6 +91,18 @@ def pick_generated(cases: list[Case], ratio: float, seed: int) -> list[Case]:
     return [cases[i] for i in sorted(order[:k])]
 
 
+def case_weights(n_real: int, n_extra: int, real_share: float) -> list[float] | None:
+    """Sampling probabilities of the training cases (real first, then generated / pooled):
+    ``real_share`` of the samples from the real cases, the rest from the others, uniform within
+    each group; None (every case equally likely) when real_share is 0 or nothing but real
+    cases train."""
+    if not 0.0 <= real_share <= 1.0:
+        raise UserError(f"data.real_share must be in [0, 1], got {real_share}")
+    if real_share == 0.0 or n_extra == 0:
+        return None
+    return [real_share / n_real] * n_real + [(1.0 - real_share) / n_extra] * n_extra
+
+
 def _adam(lr):
     return keras.optimizers.Adam(learning_rate=lr)
 
@@ -153,7 +165,7 @@ def _roi_dice(maunet, scn, cases: list[Prepared], cfg: ExperimentConfig, num_cla
 
 
 def train_maunet(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepared],
-                 run_dir: Path, num_classes: int) -> dict:
+                 run_dir: Path, num_classes: int, weights=None) -> dict:
     t = cfg.train
     strategy, model, opt = _build(cfg, t.lr, lambda: build_maunet(cfg.maunet, num_classes,
                                                                   cfg.data.roi_size))
@@ -164,7 +176,8 @@ def train_maunet(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepare
 
     step = make_step(strategy, loss_fn, model.trainable_variables, opt, cfg.run.jit_compile)
     batches = lambda start: distribute(strategy, roi_dataset(
-        train, cfg.data.roi_size, num_classes, cfg.augment, t.batch_size, cfg.run.seed, start))
+        train, cfg.data.roi_size, num_classes, cfg.augment, t.batch_size, cfg.run.seed, start,
+        weights=weights))
     run = _run(cfg, t, run_dir, {"model": model, "optimizer": opt},
                (lambda: _roi_dice(model, None, val, cfg, num_classes)) if val else None,
                "val/dice", True, "maunet")
@@ -172,7 +185,7 @@ def train_maunet(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepare
 
 
 def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Prepared],
-              run_dir: Path, num_classes: int) -> dict:
+              run_dir: Path, num_classes: int, weights=None) -> dict:
     """SCN on top of the MAUNet output; MAUNet frozen (default) or fine-tuned jointly. ``maunet``
     must have been built under the same strategy's scope (``train_segmentation`` does)."""
     t = cfg.train
@@ -193,7 +206,8 @@ def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Pr
 
     step = make_step(strategy, loss_fn, variables, opt, cfg.run.jit_compile)
     batches = lambda start: distribute(strategy, roi_dataset(
-        train, cfg.data.roi_size, num_classes, cfg.augment, t.batch_size, cfg.run.seed + 1, start))
+        train, cfg.data.roi_size, num_classes, cfg.augment, t.batch_size, cfg.run.seed + 1, start,
+        weights=weights))
     objects = {"model": scn, "optimizer": opt}
     if joint:
         objects["maunet"] = maunet
@@ -236,6 +250,7 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
         raise UserError(f"extra training cases without label maps: "
                         f"{[str(c.image) for c in pooled if c.label is None][:3]}")
     extra = generated_used + pooled
+    weights = case_weights(len(train_cases), len(extra), cfg.data.real_share)
     train = prepare_cases(train_cases + extra, labelset, cfg)   # every file read and checked
     real_train = train[: len(train_cases)]                      # before anything is written
     val = prepare_cases(val_cases, labelset, cfg)
@@ -253,10 +268,10 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
         out["localizer"] = train_localizer(cfg, real_train, val, run_dir / "localizer")
     if "maunet" in stages or ("scn" in stages and cfg.scn.enabled):
         if "maunet" in stages:
-            out["maunet"] = train_maunet(cfg, train, val, run_dir / "maunet", k)
+            out["maunet"] = train_maunet(cfg, train, val, run_dir / "maunet", k, weights)
         with get_strategy(cfg.run.strategy).scope():
             maunet = build_maunet(cfg.maunet, k, cfg.data.roi_size)
         restore(run_dir / "maunet", "best", model=maunet)
         if "scn" in stages and cfg.scn.enabled:
-            out["scn"] = train_scn(cfg, maunet, train, val, run_dir / "scn", k)
+            out["scn"] = train_scn(cfg, maunet, train, val, run_dir / "scn", k, weights)
     return out
