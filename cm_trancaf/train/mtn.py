@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from ..config import ExperimentConfig, save_config
+from ..config import ExperimentConfig, SegTrainConfig, save_config
 from ..data.datasets import Case, find_cases
 from ..data.io import read_image
 from ..data.pipeline import patch_dataset, roi_dataset
@@ -47,14 +47,15 @@ def lr_at(step: int, cfg) -> float:
 
 
 def make_mtn_steps(nets: dict, opt_g, opt_d, cfg, strategy=None, jit_compile: bool = False,
-                   segmenter=None, seg_loss: tuple[float, float] = (0.1, 2.0)):
+                   segmenter=None, seg_train: SegTrainConfig | None = None):
     """The generator and discriminator steps (``scale.make_step``: any tf.distribute strategy).
 
     ``gen_step(m, c) -> (logs, {"fake_c", "fake_m"})`` with the fakes gathered over replicas;
     ``disc_step(m, c, fake_c, fake_m) -> logs``. With ``segmenter`` (S_t, frozen) and
     ``cfg.shape_weight`` > 0: ``gen_step(m, c, x_s, y_s)`` adds the shape term of the labelled
-    source ROIs ``x_s (B, D, H, W, 1)``, one-hot ``y_s (B, D, H, W, K)`` (``seg_loss``: lambda_f,
-    gamma of the segmenter's loss)."""
+    source ROIs ``x_s (B, D, H, W, 1)``, one-hot ``y_s (B, D, H, W, K)`` (``seg_train``: the
+    segmenter's training config, whose lambda_f and gamma its loss uses; default the defaults)."""
+    seg_train = seg_train or SegTrainConfig()
     strategy = strategy or tf.distribute.get_strategy()
     g_vars = nets["G_c"].trainable_variables + nets["G_m"].trainable_variables
     d_vars = nets["D_c"].trainable_variables + nets["D_m"].trainable_variables
@@ -73,7 +74,8 @@ def make_mtn_steps(nets: dict, opt_g, opt_d, cfg, strategy=None, jit_compile: bo
         if shape_batch:                                         # S_t fixed: only G_c learns
             x_s, y_s = shape_batch
             shape["loss/shape"] = dice_focal(
-                y_s, segmenter(G_c(x_s, training=True), training=False), *seg_loss)
+                y_s, segmenter(G_c(x_s, training=True), training=False),
+                seg_train.lambda_focal, seg_train.focal_gamma)
             loss = loss + cfg.shape_weight * shape["loss/shape"]
         logs = {"loss/G": loss, "loss/gan": l_gan, "loss/cycle": l_cyc, "loss/identity": l_id,
                 **shape}
@@ -167,7 +169,7 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
         opt_d.build(nets["D_c"].trainable_variables + nets["D_m"].trainable_variables)
     gen_step, disc_step = make_mtn_steps(
         nets, opt_g, opt_d, m, strategy, r.jit_compile, ref.maunet if shaped else None,
-        (ref.cfg.train.lambda_focal, ref.cfg.train.focal_gamma) if shaped else (0.1, 2.0))
+        ref.cfg.train if shaped else None)
     pool_c = ImagePool(m.pool_size, m.patch_size, r.seed)
     pool_m = ImagePool(m.pool_size, m.patch_size, r.seed + 1)
 
