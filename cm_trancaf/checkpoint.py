@@ -2,14 +2,19 @@
 
 Checkpoints hold a flat map of each model's and optimizer's variables keyed by creation order:
 Keras 3 layers kept in Python lists are not tracked by ``tf.train.Checkpoint`` through the model
-object. A checkpoint that cannot be read (half-written, corrupt) is skipped for the previous one
-with a warning; an intact one of another architecture is a one-line error.
+object. Restoring matches variables by that position alone (and checks every shape): the names
+stored beside it are for reading only, since Keras numbers unnamed layers per process and an
+optimizer's slot names carry those numbers (``conv3d_94_kernel_momentum``), so a training resumed
+in a new process must not depend on them. A checkpoint that cannot be read (half-written,
+corrupt) is skipped for the previous one with a warning; an intact one of another architecture
+is a one-line error.
 
     run_dir/ckpt/last/   newest two (training resumes from here)
     run_dir/ckpt/best/   the best validation checkpoint (or the last one without validation)
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -20,32 +25,74 @@ from .utils import UserError
 __all__ = ["variables_checkpoint", "restore", "restore_latest"]
 
 
-def _readable(path: str) -> bool:
-    """Whether every tensor of a checkpoint can be read (a half-written one cannot)."""
+class _Mismatch(Exception):
+    """An intact checkpoint whose variables are not those of the objects to restore."""
+
+
+_KEY = re.compile(r"v(\d{4})_.*")
+
+
+def _plan(reader, objects: dict) -> list[tuple[tf.Variable, str]]:
+    """(variable, checkpoint key) for every variable of ``objects``, matched by position within
+    each named part; raises ``_Mismatch`` when counts, shapes or dtypes differ."""
+    shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+    suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
+    plan = []
+    for part, obj in objects.items():
+        if isinstance(obj, tf.Variable):
+            wanted = [(obj, f"{part}{suffix}")]
+        else:
+            saved = {}
+            for key in shapes:
+                head, _, rest = key.partition("/")
+                m = _KEY.fullmatch(rest[: -len(suffix)]) if (
+                    head == part and rest.endswith(suffix)) else None
+                if m:
+                    saved[int(m.group(1))] = key
+            current = list(_vars(obj).values())
+            if sorted(saved) != list(range(len(current))):
+                raise _Mismatch(f"{part}: {len(saved)} variables saved, {len(current)} to restore")
+            wanted = [(v, saved[i]) for i, v in enumerate(current)]
+        for var, key in wanted:
+            if key not in shapes:
+                raise _Mismatch(f"{key} not in the checkpoint")
+            if list(shapes[key]) != list(var.shape) or dtypes[key] != var.dtype.base_dtype:
+                raise _Mismatch(f"{key}: {dtypes[key].name}{list(shapes[key])} saved, "
+                                f"{var.dtype.base_dtype.name}{list(var.shape)} to restore")
+        plan += wanted
+    return plan
+
+
+def _restore_from(path: str, objects: dict) -> None:
+    """Assign the variables of ``objects`` from the checkpoint at ``path``: nothing is assigned
+    unless every tensor matched and was read."""
     try:
         reader = tf.train.load_checkpoint(path)
-        for name in reader.get_variable_to_shape_map():
-            reader.get_tensor(name)
-        return True
-    except Exception:  # noqa: BLE001 - any failure to read means "not readable"
-        return False
+        plan = _plan(reader, objects)
+        values = [reader.get_tensor(key) for _, key in plan]
+    except _Mismatch:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to read means "not readable"
+        raise OSError(str(e)) from None
+    for (var, _), value in zip(plan, values):
+        var.assign(value)
 
 
-def restore_latest(ckpt, directory: Path, warn: bool = True) -> str | None:
-    """Restore the newest readable checkpoint in ``directory`` (newest first); its path or None."""
+def restore_latest(objects: dict, directory: Path, warn: bool = True) -> str | None:
+    """Restore ``objects`` (as given to ``variables_checkpoint``) from the newest readable
+    checkpoint in ``directory`` (newest first); its path or None when there is none."""
     state = tf.train.get_checkpoint_state(str(directory))
     if state is None:
         return None
     paths = list(state.all_model_checkpoint_paths or [state.model_checkpoint_path])[::-1]
     for path in paths:
         try:
-            ckpt.restore(path).expect_partial().assert_existing_objects_matched()
+            _restore_from(path, objects)
             return path
-        except (AssertionError, tf.errors.OpError, ValueError, IndexError, OSError) as e:
-            if _readable(path):                # intact, but holds another architecture
-                raise UserError(f"{path}: checkpoint does not match this model/config "
-                                f"({str(e).splitlines()[0][:160]})") from None
-            if warn:                           # truncated or corrupt: try the previous one
+        except _Mismatch as e:                   # intact, but holds another architecture
+            raise UserError(f"{path}: checkpoint does not match this model/config ({e})") from None
+        except OSError as e:                     # truncated or corrupt: try the previous one
+            if warn:
                 warnings.warn(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:120]}); "
                               f"trying the previous one", stacklevel=2)
     raise UserError(f"{directory}: no readable checkpoint (tried {len(paths)})")
@@ -69,8 +116,7 @@ def variables_checkpoint(**objects) -> tf.train.Checkpoint:
 def restore(run_dir: Path, which: str = "best", **objects) -> int:
     """Restore models from ``run_dir/ckpt/<which>`` (falls back to last); returns the step."""
     step = tf.Variable(0, dtype=tf.int64)
-    ckpt = variables_checkpoint(step=step, **objects)
     for name in (which, "last"):
-        if restore_latest(ckpt, Path(run_dir) / "ckpt" / name):
+        if restore_latest({"step": step, **objects}, Path(run_dir) / "ckpt" / name):
             return int(step.numpy())
     raise UserError(f"{run_dir}: no checkpoint found (expected ckpt/{which} or ckpt/last)")

@@ -118,6 +118,27 @@ def test_nan_loss_is_skipped_when_configured(tmp_path):
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
+def test_resume_in_a_process_that_numbered_its_layers_differently(tmp_path):
+    """Keras names unnamed layers per process (dense, dense_1, ...) and an optimizer's slots carry
+    those names: a run stopped in one process resumes in another that built other layers first
+    (the experiment runner builds several networks in one process; a restart builds fewer)."""
+    data = [(np.full((4, 3), 0.5 + i, np.float32),) for i in range(8)]
+    _, first, step, batches = _toy(tmp_path / "resumed", data, steps=4)
+    train_loop(first, batches, step)                       # stopped after 4 of 8 steps
+    keras.layers.Dense(3)                                  # shifts the process's layer numbering
+    model, second, step, batches = _toy(tmp_path / "resumed", data, steps=8)
+    names = lambda run: [v.name for v in run.objects["optimizer"].variables]
+    assert names(first) != names(second)                   # the slot names differ ...
+    train_loop(second, batches, step)                      # ... and it still resumes
+    logged = [int(l.split(",")[0]) for l in (tmp_path / "resumed" / "log.csv").read_text()
+              .splitlines()[1:]]
+    assert logged == list(range(8))                        # steps 4-7 after 0-3, no restart
+    ref, run, step, batches = _toy(tmp_path / "uninterrupted", data, steps=8)
+    train_loop(run, batches, step)
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     data = [(np.ones((4, 3), np.float32),)] * 6
     model, run, step, batches = _toy(tmp_path, data)

@@ -137,7 +137,7 @@ def train_loop(run: Run, make_batches: Callable[[int], object], step_fn: Callabl
     best = tf.train.CheckpointManager(ckpt, str(run.run_dir / "ckpt" / "best"), max_to_keep=1)
     best_value = -math.inf if run.higher_is_better else math.inf
     state_file = run.run_dir / "best.json"
-    if restore_latest(ckpt, run.run_dir / "ckpt" / "last"):
+    if restore_latest({"step": step_var, **run.objects}, run.run_dir / "ckpt" / "last"):
         if run.on_restore is not None:
             run.on_restore()
         if state_file.exists():
