@@ -161,6 +161,14 @@ class InferenceConfig:
     candidates: int = 1
     candidate_separation_mm: float = 50.0
     candidate_min_ml: float = 20.0
+    # test-time shifts: 7 = the final ROI's probabilities averaged with those of six ROIs shifted
+    # by +-shift_mm (at least one voxel) along each axis, each voxel over the ROIs that hold it;
+    # 1 = the final ROI alone (the paper). shift_mm fixed before any measurement, not tuned.
+    shift_views: int = 1
+    shift_mm: float = 8.0
+    # keep only the largest connected component of each structure in the ROI, the rest becomes
+    # background (nnU-Net's post-processing)
+    largest_component: bool = False
 
 
 @dataclass(frozen=True)

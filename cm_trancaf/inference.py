@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import SimpleITK as sitk
 import tensorflow as tf
+from scipy import ndimage
 
 from .checkpoint import restore
 from .config import ExperimentConfig, apply_overrides, load_config
@@ -77,6 +78,10 @@ def check_infer(cfg: ExperimentConfig) -> None:
         raise UserError(f"infer.localizer_views must be 1 or 7, got {cfg.infer.localizer_views}")
     if cfg.infer.paste_back not in ("probs", "nearest"):
         raise UserError(f"infer.paste_back must be probs|nearest, got {cfg.infer.paste_back!r}")
+    if cfg.infer.shift_views not in (1, 7):
+        raise UserError(f"infer.shift_views must be 1 or 7, got {cfg.infer.shift_views}")
+    if cfg.infer.shift_mm <= 0:
+        raise UserError(f"infer.shift_mm must be > 0, got {cfg.infer.shift_mm}")
 
 
 def view_peaks(localizer, case: Prepared, cfg: ExperimentConfig, views: int = 1) -> list:
@@ -110,6 +115,38 @@ def segment_roi(maunet, scn, roi: np.ndarray, clock: Callable | None = None) -> 
     if clock is not None:
         clock("scn")
     return probs
+
+
+def shifted_average(maunet, scn, prep: Prepared, start, probs: np.ndarray,
+                    shift_mm: float) -> np.ndarray:
+    """``probs`` (D, H, W, K) of the ROI at ``start`` averaged with the probabilities of six ROIs
+    shifted by +-``shift_mm`` (rounded to voxels, at least one) along each axis, each voxel over
+    the ROIs that hold it (test-time shifts, ``infer.shift_views`` = 7)."""
+    size = np.asarray(probs.shape[:3])
+    step = np.maximum(1, np.round(shift_mm / np.asarray(prep.grid.spacing)[::-1])).astype(int)
+    total, count = probs.astype(np.float64), np.ones(tuple(size) + (1,))
+    for d in (s * step * e for e in np.eye(3, dtype=int) for s in (-1, 1)):
+        roi, _ = crop(prep.image, np.asarray(start) + size // 2 + d, tuple(size), fill=-1.0)
+        shifted = segment_roi(maunet, scn, roi)           # its voxel j is the ROI's voxel j + d
+        lo, hi = np.maximum(d, 0), size + np.minimum(d, 0)
+        here = tuple(slice(a, b) for a, b in zip(lo, hi))
+        there = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, d))
+        total[here] += shifted[there]
+        count[here] += 1
+    return (total / count).astype(np.float32)
+
+
+def largest_components(probs: np.ndarray) -> np.ndarray:
+    """``probs`` (D, H, W, K) with each structure's voxels outside the largest 26-connected
+    component of its argmax mask set to background (probability 1), as nnU-Net post-processes."""
+    out = probs.copy()
+    classes = np.argmax(probs, -1)
+    for k in range(1, probs.shape[-1]):
+        comps, n = ndimage.label(classes == k, structure=np.ones((3, 3, 3)))
+        if n > 1:
+            sizes = np.bincount(comps.ravel())[1:]
+            out[(comps > 0) & (comps != 1 + int(np.argmax(sizes)))] = np.eye(probs.shape[-1])[0]
+    return out
 
 
 def center_errors_mm(localizer, cases: list[Prepared], cfg: ExperimentConfig) -> np.ndarray:
@@ -205,6 +242,11 @@ class Cascade:
                 trace["passes"] = attempt + 1
                 trace.setdefault("localizer_mm", index_to_mm(prep.grid, center))
                 trace["roi_center_mm"] = index_to_mm(prep.grid, center)
+        if self.cfg.infer.shift_views > 1:
+            probs = shifted_average(self.maunet, self.scn, prep, start, probs,
+                                    self.cfg.infer.shift_mm)
+        if self.cfg.infer.largest_component:
+            probs = largest_components(probs)
         classes = paste(np.argmax(probs, -1).astype(np.uint8), start, prep.image.shape, 0)
         clock("paste")
         return classes, probs, start

@@ -8,6 +8,7 @@ import SimpleITK as sitk
 
 from cm_trancaf.config import apply_overrides, get_preset
 from cm_trancaf.data.io import Geometry, keep_locale
+from cm_trancaf.data.preprocess import crop
 from cm_trancaf.inference import Cascade
 from cm_trancaf.predict import predict_files
 from cm_trancaf.train.seg import train_segmentation
@@ -375,3 +376,56 @@ def test_prediction_time_inference_options(seg_run, tiny_phantom):
     seven = Cascade.load(seg_run, infer=["infer.localizer_views=7", "infer.refine_passes=0"])
     assert (seven.cfg.infer.localizer_views, seven.cfg.infer.refine_passes) == (7, 0)
     assert seven.cfg.data == base.cfg.data and seven.cfg.maunet == base.cfg.maunet
+
+
+def test_test_time_shifts_align_every_shifted_roi_with_the_first():
+    """``infer.shift_views=7``: a segmenter that is a voxelwise function of the image gives the
+    same probabilities at a voxel from every ROI holding it, so the average equals the single
+    ROI exactly (a misaligned shift would blur it); one that depends on the position inside the
+    ROI is smoothed (the average differs)."""
+    from types import SimpleNamespace
+    from cm_trancaf.inference import shifted_average
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(20, 40, 40)).astype(np.float32)
+    prep = SimpleNamespace(image=image, grid=SimpleNamespace(spacing=(2.0, 2.0, 6.0)))  # x y z
+
+    def voxelwise(x, training=False):
+        p = 1.0 / (1.0 + np.exp(-3.0 * np.asarray(x)))
+        return np.concatenate([1.0 - p, p], -1)
+
+    def positional(x, training=False):
+        w = np.arange(x.shape[3])[None, None, None, :, None] * np.ones_like(x)
+        wave = 0.5 + 0.5 * np.cos(2 * np.pi * w / 8)               # period 8 voxels along W
+        return np.concatenate([1.0 - wave, wave], -1)
+
+    start = np.array([4, 8, 10])
+    roi, _ = crop(image, start + np.array([8, 16, 16]), (16, 32, 32), fill=-1.0)
+    for net, same in ((voxelwise, True), (positional, False)):
+        probs = np.asarray(net(roi[None, ..., None]))[0]
+        avg = shifted_average(net, None, prep, start, probs, shift_mm=8.0)
+        assert avg.shape == probs.shape
+        np.testing.assert_allclose(avg.sum(-1), 1.0, rtol=1e-5)
+        if same:
+            np.testing.assert_allclose(avg, probs, rtol=1e-5, atol=1e-6)
+        else:
+            assert np.abs(avg - probs).max() > 0.05
+
+
+def test_largest_component_keeps_each_structure_in_one_piece():
+    from cm_trancaf.inference import largest_components
+
+    probs = np.zeros((12, 12, 12, 3), np.float32)
+    probs[..., 0] = 1.0
+    big, small, other = (slice(1, 6),) * 3, (slice(9, 11),) * 3, (slice(1, 4), slice(8, 11),
+                                                                  slice(8, 11))
+    probs[big] = [0.1, 0.9, 0.0]
+    probs[small] = [0.0, 0.7, 0.3]                       # class 1 apart from its main part
+    probs[other] = [0.2, 0.0, 0.8]                       # class 2, one piece
+    out = largest_components(probs)
+    classes = np.argmax(out, -1)
+    assert (classes[big] == 1).all() and (classes[small] == 0).all() and (classes[other] == 2).all()
+    np.testing.assert_allclose(out.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(np.delete(out, 0, -1)[classes > 0],
+                                  np.delete(probs, 0, -1)[classes > 0])   # the kept parts as were
+    np.testing.assert_array_equal(largest_components(out), out)      # idempotent
