@@ -45,6 +45,7 @@ def test_results_folder_and_summary_match_per_case_rows(results):
         assert got["dice_std"] == pytest.approx(rows["dice"].std(ddof=0), abs=1e-9)
     table = (run / "table.md").read_text(encoding="utf-8")
     assert "| r=0.0 |" in table and "| r=1.0 |" in table and "| paper |" in table
+    assert 'Paired against "' in table                   # each setting against the first one
     # the MTN's images beside their sources and a real CT, saved by the experiment
     assert len(list((run / "figures").glob("translation_mtn_*.png"))) == 1
     # the MM-WHS challenge's grid too: the same cases and structures, scored at 1 mm (the tiny
@@ -257,3 +258,25 @@ def test_shape_term_setting_without_a_target_only_run_is_one_error(tiny_phantom,
     with pytest.raises(UserError, match="trained on real target cases alone"):
         run_experiment("t", settings, get_preset("tiny"), tmp_path / "o", tiny_phantom)
     assert not (tmp_path / "o" / "work" / "mtn").exists()
+
+
+def test_paired_table_compares_the_same_cases_and_seeds():
+    from cm_trancaf.experiments.report import paired_table
+    rows = []
+    for seed in (0, 1):
+        for i, case in enumerate(("a", "b", "c")):
+            base = 0.70 + 0.05 * i + 0.01 * seed
+            for name, dice in (("base", base), ("new", base + (0.02 if case != "c" else -0.04))):
+                rows.append({"setting": name, "seed": seed, "fold": 0, "case": case,
+                             "structure": "WHS_mean", "dice": dice})
+                rows.append({"setting": name, "seed": seed, "fold": 0, "case": case,
+                             "structure": "LV", "dice": 0.0})          # not the mean: ignored
+    rows.append({"setting": "new", "seed": 2, "fold": 0, "case": "a", "structure": "WHS_mean",
+                 "dice": 0.0})                                         # no baseline pair
+    table = paired_table(pd.DataFrame(rows), ["base", "new", "absent"])
+    base_row = next(l for l in table.splitlines() if l.startswith("| base |"))
+    new_row = next(l for l in table.splitlines() if l.startswith("| new |"))
+    assert base_row == "| base | 6 | 75.0, 76.0 | | |"
+    # pairs: +2, +2, -4 points in each seed -> mean 0.0, std sqrt(8) = 2.8; 4 better, 2 worse
+    assert new_row == "| new | 6 | 75.0, 76.0, 0.0 | +0.0 ± 2.8 | 4 / 2 |"
+    assert paired_table(pd.DataFrame(rows[:2]), ["base"]) == ""

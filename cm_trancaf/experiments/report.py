@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["STRUCTURES", "PUBLISHED", "summarize_experiment", "markdown_table", "anatomy_table"]
+__all__ = ["STRUCTURES", "PUBLISHED", "summarize_experiment", "markdown_table", "paired_table",
+           "anatomy_table"]
 
 STRUCTURES = ("LV", "RV", "LA", "RA", "Myo", "AA", "PA")
 # Published numbers (CM-TranCaF paper, MM-WHS 2017 CT test set; SPEC "Results to reproduce").
@@ -58,6 +59,34 @@ def markdown_table(summary: pd.DataFrame, order: list[str], published: dict | No
                  + (note if note is not None else "Published rows: MM-WHS 2017 CT test set, not "
                     "comparable with phantom results."))
     return "\n".join(lines)
+
+
+def paired_table(df: pd.DataFrame, order: list[str]) -> str:
+    """Each setting against the first of ``order`` on the same test cases, seeds and folds: the
+    per-seed mean Dice (mean over the structures), the paired difference in points (mean ± std
+    over the pairs) and how many pairs are better / worse; empty with fewer than two settings."""
+    whs = df[df["structure"] == "WHS_mean"]
+    names = [n for n in order if n in set(whs["setting"])]
+    if len(names) < 2:
+        return ""
+    keys = ["seed", "fold", "case"]
+    per = {n: whs[whs["setting"] == n].set_index(keys)["dice"] * 100 for n in names}
+    base = names[0]
+    lines = ["", f'## Paired against "{base}" (mean Dice over the structures, same test case, '
+             "seed and fold)", "", "| setting | pairs | mean Dice % per seed | difference, points "
+             "| better / worse |", "|---|---|---|---|---|"]
+    for n in names:
+        seeds = per[n].groupby(level="seed").mean()
+        by_seed = ", ".join(f"{v:.1f}" for v in seeds)
+        if n == base:
+            lines.append(f"| {n} | {len(per[n])} | {by_seed} | | |")
+            continue
+        a, b = per[n].align(per[base], join="inner")
+        d = a - b
+        cell = f"{round(d.mean(), 1) + 0.0:+.1f} ± {d.std(ddof=0):.1f}" if len(d) else "-"
+        lines.append(f"| {n} | {len(d)} | {by_seed} | {cell} | {int((d > 0).sum())} / "
+                     f"{int((d < 0).sum())} |")
+    return "\n".join(lines) + "\n"
 
 
 def anatomy_table(rows: list[dict]) -> str:

@@ -40,7 +40,7 @@ from ..data.io import read_image
 from ..metrics import evaluate_folders
 from ..utils import UserError, atomic_dir, atomic_path, atomic_write_text
 from .cohorts import Cohort, mmwhs_cohort
-from .report import anatomy_table, markdown_table, summarize_experiment
+from .report import anatomy_table, markdown_table, paired_table, summarize_experiment
 
 __all__ = ["PHANTOM_CASES", "Setting", "run_experiment"]
 
@@ -330,7 +330,8 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                                "truth resampled to 1 mm isotropic by nearest neighbour.")
     atomic_write_text(out / "table.md", f"# {name}\n\n## Native grid of the test images\n\n"
                       f"{table}\n\n## At 1 mm isotropic (the MM-WHS challenge's evaluation)"
-                      f"\n\n{table_1mm}\n" + anatomy_table(anatomy_rows))
+                      f"\n\n{table_1mm}\n" + paired_table(df, order)
+                      + anatomy_table(anatomy_rows))
     print(table)
     return df
 
