@@ -33,6 +33,13 @@ class DataConfig:
     labels: str = "mmwhs"                      # label set: mmwhs | mscmrseg | acdc | generic
     modality: str = "ct"                       # ct | mr: selects the intensity normalisation
     spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)  # mm, (x, y, z); SPEC "spacing index 3"
+    # axes of the working grid. world: the identity direction (ITK's LPS axes; x y z of spacing
+    # are world axes). image: each image's own axes, so spacing is (column, row, slice): an
+    # oblique short-axis MRI stack keeps its slices as slices instead of being cut across them
+    # on a world-aligned grid. The two are the same grid for images in the identity direction
+    # (ACDC's); for flipped axes (LAS, RAS) the image grid's arrays are mirrored, so data sets of
+    # mixed orientations are safer on the world grid
+    grid_axes: str = "world"
     roi_size: tuple[int, int, int] = (64, 64, 64)          # voxels, (D, H, W); SPEC: 64^3 ROI
     enhance: str = "unsharp"                   # none | unsharp | clahe; SPEC "texture enhancement"
     enhance_sigma_mm: float = 3.0              # unsharp: Gaussian sigma (one working voxel)

@@ -283,7 +283,8 @@ class Cascade:
             return codes
         p = sitk.GetImageFromArray(probs.astype(np.float32), isVector=True)
         p.SetSpacing(prep.grid.spacing)
-        p.SetOrigin(tuple(np.asarray(prep.grid.origin) + np.asarray(start)[::-1] * prep.grid.spacing))
+        p.SetOrigin(tuple(float(v) for v in index_to_mm(prep.grid, start)))
+        p.SetDirection(prep.grid.direction)
         return codes, p
 
 

@@ -193,3 +193,64 @@ def test_antialias_removes_what_a_coarser_grid_cannot_hold_and_keeps_the_rest(
     # FWHM of sqrt(t^2 - s^2), none where the target is not coarser
     np.testing.assert_allclose(antialias_sigmas((1.0, 3.0, 4.0), (3.0, 3.0, 3.0)),
                                [np.sqrt(8.0) / 2.3548, 0.0, 0.0], rtol=1e-4)
+
+
+def _oblique(image: sitk.Image, degrees=(30.0, -20.0, 40.0)) -> sitk.Image:
+    """The same voxels with an oblique direction (a short-axis stack's kind of orientation)."""
+    rot = sitk.Euler3DTransform()
+    rot.SetRotation(*np.deg2rad(degrees))
+    out = sitk.Image(image)
+    out.SetDirection(tuple(np.asarray(rot.GetMatrix()).reshape(3, 3).ravel()))
+    return out
+
+
+def test_image_axes_grid_keeps_an_oblique_stack_and_maps_points_exactly(tiny_phantom):
+    image, label = load_case(mmwhs_cases(tiny_phantom, "mr")[0], LABEL_SETS["mmwhs"])
+    image, label = _oblique(image), _oblique(label)
+    spacing = tuple(float(s) for s in image.GetSpacing())
+    grid = working_grid(image, spacing, "image")
+    assert grid.direction == image.GetDirection() and grid.size == image.GetSize()
+    np.testing.assert_allclose(grid.origin, image.GetOrigin(), atol=1e-6)
+    coarse = working_grid(image, (2 * spacing[0], 2 * spacing[1], spacing[2]), "image")
+    assert coarse.size[2] == image.GetSize()[2]                # the slices stay slices
+    # the extent's centre is kept, and index <-> mm are inverse on the oblique grid
+    centre = lambda g: index_to_mm(g, (np.asarray(g.size)[::-1] - 1) / 2)
+    np.testing.assert_allclose(centre(coarse), centre(grid), atol=1e-6)
+    p = np.array([10.0, -20.0, 5.0])
+    np.testing.assert_allclose(index_to_mm(coarse, mm_to_index(coarse, p)), p, atol=1e-9)
+    idx = np.array([3, 5, 7])
+    np.testing.assert_allclose(index_to_mm(coarse, idx), coarse.reference().TransformIndexToPhysicalPoint(
+        [int(v) for v in idx[::-1]]), atol=1e-6)
+    # at native spacing the image grid is the image's own: labels and a perfect prediction pasted
+    # back come back voxel for voxel; the world-aligned grid cannot do that for an oblique image
+    for axes, exact in (("image", True), ("world", False)):
+        cfg = DataConfig(spacing=spacing, enhance="none", grid_axes=axes)
+        prep = prepare(image, label, cfg, "mr", 8)
+        probs, start = _onehot_roi(prep, (80, 80, 80))
+        out = probs_to_source(probs, start, prep)
+        assert Geometry.of(out) == Geometry.of(label)
+        same = np.array_equal(sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(label))
+        assert same == exact, axes
+    with pytest.raises(ValueError, match="grid_axes"):
+        working_grid(image, spacing, "scanner")
+
+
+def test_image_axes_grid_keeps_a_real_oblique_lge_stack_closer_to_its_labels():
+    """MS-CMRSeg LGE stacks are oblique (0.75 x 0.75 x 5 mm): on a 2 x 2 x 6 mm grid along the
+    stack's own axes a perfect prediction pasted back keeps more of the myocardium than on a
+    world-aligned one, which cuts across the slices (measured on 5 LGE stacks: Myo 95.6 against
+    93.6 %, mean of the 3 structures 96.9 against 95.8 %)."""
+    path = need_shared("mscmrseg") / "LGE" / "patient14_LGE_manual.nii.gz"
+    label = sitk.ReadImage(str(path))
+    ls = LABEL_SETS["mscmrseg"]
+    classes = sitk.GetImageFromArray(ls.to_classes(sitk.GetArrayFromImage(label)).astype(np.uint8))
+    classes.CopyInformation(label)
+    orig = sitk.GetArrayFromImage(classes)
+    myo = {}
+    for axes in ("world", "image"):
+        cfg = DataConfig(spacing=(2.0, 2.0, 6.0), enhance="none", grid_axes=axes)
+        prep = prepare(sitk.Cast(classes, sitk.sitkFloat32), classes, cfg, "mr", 4)
+        onehot = np.eye(4, dtype=np.float32)[prep.label]
+        out = sitk.GetArrayFromImage(probs_to_source(onehot, np.zeros(3, int), prep))
+        myo[axes] = _dice(out, orig, 1)
+    assert myo["image"] > myo["world"] + 0.02 and myo["image"] > 0.93, myo

@@ -3,7 +3,7 @@
     source image (any grid, any orientation)
       -> (optional, ``data.antialias``) Gaussian low-pass of the axes the working grid coarsens
       -> resample onto the working grid: identity direction (ITK LPS axes, the one canonical
-         orientation), configured spacing (3 mm CT, SPEC "spacing index 3"), covering the whole
+         orientation; ``data.grid_axes=image``: the image's own axes), configured spacing (3 mm CT, SPEC "spacing index 3"), covering the whole
          source extent; linear for images, nearest or one-hot linear + argmax for labels
       -> texture enhancement (SimpleITK): unsharp masking (default) or CLAHE or none
       -> intensity normalisation to [-1, 1]: CT HU window, MRI per-volume percentiles
@@ -43,21 +43,34 @@ class Prepared:
     """A case on the working grid, with what is needed to go back to its source grid."""
     image: np.ndarray            # (D, H, W) float32 in [-1, 1]
     label: np.ndarray | None     # (D, H, W) uint8 classes, or None
-    grid: Geometry               # working grid (identity direction)
+    grid: Geometry               # working grid (``data.grid_axes``)
     source: Geometry             # the input's grid
     case_id: str = ""
 
 
-def working_grid(image: sitk.Image, spacing: tuple[float | None, ...] | None) -> Geometry:
-    """Identity-direction grid at ``spacing`` (mm, x y z; None = native) covering ``image``."""
+def working_grid(image: sitk.Image, spacing: tuple[float | None, ...] | None,
+                 axes: str = "world") -> Geometry:
+    """Grid at ``spacing`` (mm; None = native) covering ``image``: ``axes`` "world" = identity
+    direction, spacing along x y z; "image" = the image's own direction, spacing along its
+    column, row and slice axes (``data.grid_axes``)."""
     src = Geometry.of(image)
     direction = np.asarray(src.direction).reshape(3, 3)
     sp_src = np.asarray(src.spacing)
+    size = np.asarray(src.size, float)
+    if axes == "image":
+        target = np.array([sp_src[i] if spacing is None or spacing[i] is None else float(spacing[i])
+                           for i in range(3)])
+        n = np.maximum(1, np.ceil(size * sp_src / target - 1e-4)).astype(int)
+        centre = np.asarray(src.origin) + direction @ ((size - 1) / 2 * sp_src)
+        origin = centre - direction @ ((n - 1) / 2 * target)
+        return Geometry(tuple(int(v) for v in n), tuple(float(v) for v in target),
+                        tuple(float(v) for v in origin), src.direction)
+    if axes != "world":
+        raise ValueError(f"data.grid_axes must be world|image, got {axes!r}")
     # native spacing along each physical axis (exact for axis-aligned images)
     native = np.abs(direction) @ sp_src
     target = np.array([native[i] if spacing is None or spacing[i] is None else float(spacing[i])
                        for i in range(3)])
-    size = np.asarray(src.size, float)
     corners = np.array([[i, j, k] for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5)
                         for k in (-0.5, size[2] - 0.5)])
     world = np.asarray(src.origin) + (corners * sp_src) @ direction.T
@@ -119,14 +132,15 @@ def antialias_sigmas(source_spacing, target_spacing) -> np.ndarray:
     return np.sqrt(np.maximum(t ** 2 - s ** 2, 0.0)) / FWHM_PER_SIGMA
 
 
-def antialias(image: sitk.Image, target_spacing) -> sitk.Image:
-    """Low-pass ``image`` before resampling it onto a grid of ``target_spacing`` (mm, x y z):
-    a Gaussian per axis (:func:`antialias_sigmas`, in physical units), along the image's own
-    axes (for an oblique direction, the axis-aligned target spacing is matched to the nearest
-    image axis by the largest direction cosine)."""
-    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
-    # image axis i runs along world axis argmax |direction[:, i]|
-    target = np.asarray(target_spacing, float)[np.argmax(np.abs(direction), axis=0)]
+def antialias(image: sitk.Image, target_spacing, axes: str = "world") -> sitk.Image:
+    """Low-pass ``image`` before resampling it onto a grid of ``target_spacing`` (mm): a Gaussian
+    per axis (:func:`antialias_sigmas`, in physical units), along the image's own axes. On a
+    world grid (``axes`` "world") the target spacing of an oblique image's axis is that of the
+    nearest world axis (largest direction cosine); on an "image" grid it is the axis's own."""
+    target = np.asarray(target_spacing, float)
+    if axes == "world":
+        direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+        target = target[np.argmax(np.abs(direction), axis=0)]   # image axis i ~ world axis
     sigma = antialias_sigmas(image.GetSpacing(), target)
     if not np.any(sigma > 0):
         return image
@@ -182,10 +196,10 @@ def prepare(image: sitk.Image, label: sitk.Image | None, cfg: DataConfig, modali
     image is already enhanced on this working grid (G_c's output), so it is not enhanced again
     (and its resampling onto its own grid is the identity)."""
     image = sitk.Cast(image, sitk.sitkFloat32)       # int16 CT straight from a scanner too
-    grid = working_grid(image, cfg.spacing)
+    grid = working_grid(image, cfg.spacing, cfg.grid_axes)
     background = float(np.min(sitk.GetArrayViewFromImage(image)))
     if cfg.antialias and not enhanced:
-        image = antialias(image, cfg.spacing)
+        image = antialias(image, cfg.spacing, cfg.grid_axes)
     work = resample(image, grid, sitk.sitkLinear, background)
     if not enhanced:
         work = enhance(work, cfg)
@@ -238,13 +252,17 @@ def foreground_center(label: np.ndarray) -> np.ndarray:
 
 
 def index_to_mm(grid: Geometry, index_dhw: np.ndarray) -> np.ndarray:
-    """Voxel index (D, H, W) on an identity-direction grid -> physical point (x, y, z) mm."""
-    return np.asarray(grid.origin) + np.asarray(index_dhw, float)[::-1] * np.asarray(grid.spacing)
+    """Voxel index (D, H, W) on ``grid`` -> physical point (x, y, z) mm."""
+    direction = np.asarray(grid.direction).reshape(3, 3)
+    return np.asarray(grid.origin) + direction @ (np.asarray(index_dhw, float)[::-1]
+                                                  * np.asarray(grid.spacing))
 
 
 def mm_to_index(grid: Geometry, point_xyz: np.ndarray) -> np.ndarray:
-    """Physical point (x, y, z) mm -> continuous voxel index (D, H, W) on an identity grid."""
-    return ((np.asarray(point_xyz, float) - grid.origin) / np.asarray(grid.spacing))[::-1]
+    """Physical point (x, y, z) mm -> continuous voxel index (D, H, W) on ``grid``."""
+    direction = np.asarray(grid.direction).reshape(3, 3)
+    return ((direction.T @ (np.asarray(point_xyz, float) - grid.origin))
+            / np.asarray(grid.spacing))[::-1]
 
 
 def to_source(classes: np.ndarray, prepared: Prepared, num_classes: int,
@@ -261,12 +279,11 @@ def source_box(prepared: Prepared, start, shape) -> tuple[np.ndarray, np.ndarray
     """Index range [lo, hi) (x, y, z) of the source voxels whose centres lie inside the extent of
     the working-grid block ``shape`` (D, H, W) at ``start`` (D, H, W); empty when lo >= hi."""
     src = prepared.source
-    sp, grid_sp = np.asarray(src.spacing), np.asarray(prepared.grid.spacing)
-    direction = np.asarray(src.direction).reshape(3, 3)
-    lo_mm = np.asarray(prepared.grid.origin) + (np.asarray(start)[::-1] - 0.5) * grid_sp
-    hi_mm = lo_mm + np.asarray(shape)[::-1] * grid_sp
-    corners = np.array([[a, b, c] for a in (lo_mm[0], hi_mm[0]) for b in (lo_mm[1], hi_mm[1])
-                        for c in (lo_mm[2], hi_mm[2])])
+    sp, direction = np.asarray(src.spacing), np.asarray(src.direction).reshape(3, 3)
+    lo = np.asarray(start)[::-1] - 0.5                                # working index, x y z
+    hi = lo + np.asarray(shape)[::-1]
+    corners = np.array([index_to_mm(prepared.grid, np.array([c, b, a]))
+                        for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
     index = ((corners - np.asarray(src.origin)) @ direction) / sp     # continuous source index
     lo = np.maximum(np.ceil(index.min(0) - 1e-6), 0).astype(int)
     hi = np.minimum(np.floor(index.max(0) + 1e-6) + 1, src.size).astype(int)
@@ -307,14 +324,14 @@ def probs_to_source(probs: np.ndarray, start, prepared: Prepared) -> sitk.Image:
         box = Geometry(tuple(int(v) for v in hi - lo), src.spacing, tuple(
             float(v) for v in np.asarray(src.origin) + np.asarray(src.direction).reshape(3, 3)
             @ (lo * np.asarray(src.spacing))), src.direction)
-        roi_origin = tuple(float(v) for v in np.asarray(prepared.grid.origin)
-                           + np.asarray(start)[::-1] * np.asarray(prepared.grid.spacing))
+        roi_origin = tuple(float(v) for v in index_to_mm(prepared.grid, start))
 
         def channels():
             for k in range(probs.shape[-1]):
                 img = sitk.GetImageFromArray(np.ascontiguousarray(probs[..., k], np.float32))
                 img.SetSpacing(prepared.grid.spacing)
                 img.SetOrigin(roi_origin)
+                img.SetDirection(prepared.grid.direction)
                 yield k, img
         out[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = argmax_resample(channels(), box)
     img = sitk.GetImageFromArray(out)

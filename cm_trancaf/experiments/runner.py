@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from ..config import apply_overrides, save_config
+from ..config import apply_overrides, load_config, save_config
 from ..data import phantom
 from ..data.datasets import get_labelset
 from ..data.io import read_image
@@ -257,6 +257,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
         raise UserError(f"settings {needs_source} need source-domain cases (MTN, pooling or "
                         f"histogram matching); {data} ({cohort.layout}) has none: add them, or "
                         f"run the settings without them (--without-mtn)")
+    _check_same_config(base, out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(base, out / "config.json")
     # a re-run of some settings (``--only``) keeps the other settings' results
@@ -367,12 +368,34 @@ def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, trai
                                                          "localizer": str(shared)}))
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_same_config(base, out: Path) -> None:
+    """A results folder holds one configuration: its finished runs are reused by name, so a
+    re-run with other ``--set`` options (or another preset) there would mix configurations."""
+    if not (out / "config.json").exists():
+        return
+    old, new = _flat(asdict(load_config(out / "config.json"))), _flat(asdict(base))
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:4])
+        raise UserError(f"{out} holds runs of another configuration ({shown}"
+                        f"{', ...' if len(differ) > 4 else ''}); give this one its own --run NAME")
+
+
 def _localizer_inputs(cfg) -> dict:
     """What the localizer's training depends on (``train_localizer``): not data.ratio or
     data.real_share, which change only the cases MAUNet and SCN learn from."""
     d = asdict(cfg)
     d["data"].pop("ratio")
     d["data"].pop("real_share")
+    if d["data"]["grid_axes"] == "world":    # added later: runs made before keep their key
+        d["data"].pop("grid_axes")
     return {k: d[k] for k in ("data", "augment", "localizer", "train_localizer", "run")}
 
 
