@@ -280,3 +280,16 @@ def test_paired_table_compares_the_same_cases_and_seeds():
     # pairs: +2, +2, -4 points in each seed -> mean 0.0, std sqrt(8) = 2.8; 4 better, 2 worse
     assert new_row == "| new | 6 | 75.0, 76.0, 0.0 | +0.0 ± 2.8 | 4 / 2 |"
     assert paired_table(pd.DataFrame(rows[:2]), ["base"]) == ""
+
+
+def test_results_folder_refuses_runs_of_another_configuration(tmp_path):
+    """Finished runs are reused by setting name: a re-run with other options in the same folder
+    would mix configurations, so it stops with one line before anything is trained."""
+    from cm_trancaf.config import apply_overrides, save_config
+    from cm_trancaf.experiments.runner import _check_same_config
+    base = get_preset("tiny")
+    _check_same_config(base, tmp_path)                    # a new folder: nothing to compare
+    save_config(base, tmp_path / "config.json")
+    _check_same_config(base, tmp_path)                    # the same configuration again
+    with pytest.raises(UserError, match=r"data.grid_axes: 'world' -> 'image'.*--run NAME"):
+        _check_same_config(apply_overrides(base, ["data.grid_axes=image"]), tmp_path)
