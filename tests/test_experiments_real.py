@@ -90,8 +90,11 @@ def test_mscmrseg_split_is_disjoint_reproducible_and_follows_the_folder(tiny_msc
 
 
 def test_mscmrseg_experiment_pools_translates_and_tables(tiny_mscmrseg, tmp_path):
+    # on each stack's own axes, as the cardiac MRI presets (the phantom's MRI is RAS: not the
+    # identity direction, so the grid's direction goes through MTN, translation and paste-back)
     base = apply_overrides(get_preset("tiny"), ["data.labels=mscmrseg", "data.modality=mr",
-                                                "data.spacing=(6.0, 6.0, 8.0)"])
+                                                "data.spacing=(6.0, 6.0, 8.0)",
+                                                "data.grid_axes=image"])
     settings = [Setting("LGE only", ("scn.enabled=False",)),
                 Setting("LGE + raw bSSFP", ("scn.enabled=False",), raw=True),
                 Setting("LGE + hist r=1.0", ("scn.enabled=False",), harmonize=True, ratio=1.0),
@@ -118,6 +121,10 @@ def test_mscmrseg_experiment_pools_translates_and_tables(tiny_mscmrseg, tmp_path
     assert not set(mtn["target"]) & {c.case_id for c in test}
     manifest = pd.read_csv(next((run / "work/generated").glob("*/manifest.csv")))
     assert len(manifest) == 4 and set(manifest["modality"]) == {"mr"}
+    for row in manifest.itertuples():          # on the working grid along the C0 stack's axes
+        made, source = sitk.ReadImage(row.image), sitk.ReadImage(row.source_image)
+        assert made.GetDirection() == source.GetDirection() != (1, 0, 0, 0, 1, 0, 0, 0, 1)
+        assert made.GetSpacing() == (6.0, 6.0, 8.0)
     # synthetic LGE is normalised as MRI (per-volume percentiles), not through the CT window
     from cm_trancaf.data.datasets import generated_cases
     generated = next((run / "work/generated").glob("*/manifest.csv")).parent
