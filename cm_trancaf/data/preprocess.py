@@ -3,8 +3,9 @@
     source image (any grid, any orientation)
       -> (optional, ``data.antialias``) Gaussian low-pass of the axes the working grid coarsens
       -> resample onto the working grid: identity direction (ITK LPS axes, the one canonical
-         orientation; ``data.grid_axes=image``: the image's own axes), configured spacing (3 mm CT, SPEC "spacing index 3"), covering the whole
-         source extent; linear for images, nearest or one-hot linear + argmax for labels
+         orientation; ``data.grid_axes=image``: the image's own axes), configured spacing (3 mm
+         CT, SPEC "spacing index 3"), covering the whole source extent; linear for images,
+         nearest or one-hot linear + argmax for labels
       -> texture enhancement (SimpleITK): unsharp masking (default) or CLAHE or none
       -> intensity normalisation to [-1, 1]: CT HU window, MRI per-volume percentiles
       -> ROI crop of ``roi_size`` voxels around a centre (padded outside the volume)
@@ -53,24 +54,22 @@ def working_grid(image: sitk.Image, spacing: tuple[float | None, ...] | None,
     """Grid at ``spacing`` (mm; None = native) covering ``image``: ``axes`` "world" = identity
     direction, spacing along x y z; "image" = the image's own direction, spacing along its
     column, row and slice axes (``data.grid_axes``)."""
+    if axes not in ("world", "image"):
+        raise ValueError(f"data.grid_axes must be world|image, got {axes!r}")
     src = Geometry.of(image)
     direction = np.asarray(src.direction).reshape(3, 3)
     sp_src = np.asarray(src.spacing)
     size = np.asarray(src.size, float)
+    # native spacing along each grid axis (along world axes: exact for axis-aligned images)
+    native = sp_src if axes == "image" else np.abs(direction) @ sp_src
+    target = np.array([native[i] if spacing is None or spacing[i] is None else float(spacing[i])
+                       for i in range(3)])
     if axes == "image":
-        target = np.array([sp_src[i] if spacing is None or spacing[i] is None else float(spacing[i])
-                           for i in range(3)])
         n = np.maximum(1, np.ceil(size * sp_src / target - 1e-4)).astype(int)
         centre = np.asarray(src.origin) + direction @ ((size - 1) / 2 * sp_src)
         origin = centre - direction @ ((n - 1) / 2 * target)
         return Geometry(tuple(int(v) for v in n), tuple(float(v) for v in target),
                         tuple(float(v) for v in origin), src.direction)
-    if axes != "world":
-        raise ValueError(f"data.grid_axes must be world|image, got {axes!r}")
-    # native spacing along each physical axis (exact for axis-aligned images)
-    native = np.abs(direction) @ sp_src
-    target = np.array([native[i] if spacing is None or spacing[i] is None else float(spacing[i])
-                       for i in range(3)])
     corners = np.array([[i, j, k] for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5)
                         for k in (-0.5, size[2] - 0.5)])
     world = np.asarray(src.origin) + (corners * sp_src) @ direction.T
