@@ -188,6 +188,35 @@ def test_dev_flag_tests_training_patients_and_names_the_run(tiny_acdc, tmp_path,
     assert seen["out"] == tmp_path / "acdc" / "tiny" and ids(seen["cohort"].splits[0][1]) == ids(test)
 
 
+def test_paper_table_runs_on_the_mscmrseg_pair(tiny_mscmrseg, tmp_path, monkeypatch):
+    """``--dataset mscmrseg`` gives a paper table (written for MM-WHS) the bSSFP -> LGE cohort of
+    mscmrseg_lge.py, its 3-class labels and MRI preset, and a results folder of its own."""
+    from cm_trancaf.experiments import command
+    seen = {}
+    monkeypatch.setattr(command, "run_experiment",
+                        lambda name, chosen, base, out, data, seeds, folds, published, cohort,
+                        note, catalogue: seen.update(name=name, base=base, out=out, folds=folds,
+                                                     published=published, cohort=cohort, note=note))
+    settings = [Setting("r=0.0"), Setting("r=0.5", mtn=True, ratio=0.5)]
+    doc = "Table 2: ratio sweep (paper: best at r = 0.5).\n\nmore"
+    argv = ["--dataset", "mscmrseg", "--data", str(tiny_mscmrseg), "--n-train", "2",
+            "--n-unlabelled", "2", "--out", str(tmp_path)]
+    assert command.main("table2_ratio", settings, argv, doc, published={"x": {}}) == 0
+    expected = mscmrseg_cohort(tiny_mscmrseg, 2, 2, 0, "C0", "LGE")
+    assert [[c.case_id for c in part] for part in seen["cohort"].splits[0]] == \
+        [[c.case_id for c in part] for part in expected.splits[0]]
+    assert seen["out"] == tmp_path / "table2_ratio_mscmrseg" / "cmr_cpu"
+    assert seen["base"].data.labels == "mscmrseg" and seen["base"].data.modality == "mr"
+    assert seen["base"] == apply_overrides(get_preset("cmr_cpu"),
+                                           ["data.labels=mscmrseg", "data.modality=mr"])
+    assert seen["published"] is None and "best at r = 0.5" in seen["note"] and seen["folds"] == 0
+    # the default stays MM-WHS (here the phantom), and MS-CMRSeg's options belong to it alone
+    assert command.main("table2_ratio", settings, ["--out", str(tmp_path)], doc) == 0
+    assert seen["out"] == tmp_path / "table2_ratio" / "demo" and seen["cohort"] is None
+    with pytest.raises(SystemExit):
+        command.main("table2_ratio", settings, ["--n-train", "3", "--out", str(tmp_path)], doc)
+
+
 def test_localizer_benchmark_measures_training_patients_only(tiny_acdc, tmp_path):
     """benchmarks/localizer_cv.py: every training patient is measured once per variant, by a
     localizer that did not train on it, and the experiment's test patients are never read."""
