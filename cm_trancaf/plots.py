@@ -147,12 +147,15 @@ def qualitative(run_dir, image_path, label_path=None, modality: str | None = Non
     return fig
 
 
-def level_slice(image_path, label_path, code: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(image, label) axial slices through the centre of the structure with file ``code`` (all
-    foreground when ``code`` is None or absent), after resampling both onto an identity-direction
-    grid of the image's own spacing, so that every volume is shown in one orientation."""
+def level_slice(image_path, label_path, code: int | None = None,
+                grid_axes: str = "world") -> tuple[np.ndarray, np.ndarray]:
+    """(image, label) slices through the centre of the structure with file ``code`` (all
+    foreground when ``code`` is None or absent), on a grid of the image's own spacing:
+    ``grid_axes`` "world" = axial slices of an identity-direction grid (every volume in one orientation);
+    "image" = the image's own slices (e.g. a short-axis stack's short-axis planes), as the
+    working grid of ``data.grid_axes=image`` sees them."""
     image = read_image(image_path)
-    grid = working_grid(image, image.GetSpacing())
+    grid = working_grid(image, image.GetSpacing(), grid_axes)
     arr = sitk.GetArrayFromImage(resample(image, grid, sitk.sitkLinear,
                                           float(np.min(sitk.GetArrayViewFromImage(image)))))
     lab = sitk.GetArrayFromImage(resample(read_label(label_path), grid,
@@ -162,16 +165,18 @@ def level_slice(image_path, label_path, code: int | None = None) -> tuple[np.nda
     return arr[z], lab[z]
 
 
-def translation(rows, code: int | None = None, titles=("source", "G(source)", "real target")):
+def translation(rows, code: int | None = None, titles=("source", "G(source)", "real target"),
+                grid_axes: str = "world"):
     """One row per ``(source, synthetic, target)`` triple of ``(image, label)`` paths: the
     images at the slice through the centre of structure ``code`` (e.g. MS-CMRSeg's LV, 500), with
-    the label contours; 1st-99th percentile window per panel."""
+    the label contours, cut along ``grid_axes`` (``level_slice``); 1st-99th percentile window per
+    panel."""
     plt = _plt()
     rows = list(rows)
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows)), squeeze=False)
     for r, triple in enumerate(rows):
         for c, (image_path, label_path) in enumerate(triple):
-            img, lab = level_slice(image_path, label_path, code)
+            img, lab = level_slice(image_path, label_path, code, grid_axes)
             lo, hi = np.percentile(img, (1, 99))
             ax = axes[r, c]
             ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)

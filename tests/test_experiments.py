@@ -93,6 +93,18 @@ def test_translation_figure_shows_each_volume_at_its_own_lv_level(tmp_path):
         paths.append(tmp_path / f"{name}.nii.gz")
     image, label = level_slice(*paths, code=500)
     assert (label == 500).any() and not (label == 600).any() and np.all(image == 7.0)
+    # along the stack's own axes an oblique stack is cut in its own slice planes: the stored slice
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(12, 10, 10)).astype(np.float32)
+    c, s_ = np.cos(0.6), np.sin(0.6)
+    oblique = (c, 0.0, s_, 0.0, 1.0, 0.0, -s_, 0.0, c)
+    for name, arr in (("oi", img), ("ol", lab)):
+        im = sitk.GetImageFromArray(arr)
+        im.SetDirection(oblique)
+        im.SetSpacing((1.5, 1.5, 6.0))
+        sitk.WriteImage(im, str(tmp_path / f"{name}.nii.gz"))
+    image, label = level_slice(tmp_path / "oi.nii.gz", tmp_path / "ol.nii.gz", 500, grid_axes="image")
+    assert np.allclose(image, img[9], atol=1e-4) and np.array_equal(label, lab[9])
 
 
 def test_kfold_splits_test_every_case_once():

@@ -173,7 +173,7 @@ def _translation_figures(base, settings, cohort: Cohort, work: Path, seed: int, 
                          test_cases, labelset, out: Path, n: int = 2) -> None:
     """``figures/translation_<folder>.png`` for each kind of synthetic source images: ``n``
     source images, their translations and real labelled target images (training cases) at the
-    level of the LV's centre (``plots.translation``)."""
+    level of the LV's centre, cut along the working grid's axes (``plots.translation``)."""
     import csv
     from .. import plots
     code = labelset.codes[labelset.names.index("LV")] if "LV" in labelset.names else None
@@ -190,7 +190,8 @@ def _translation_figures(base, settings, cohort: Cohort, work: Path, seed: int, 
             made = [r for r in csv.DictReader(f) if r["label"]][:n]
         rows = [((r["source_image"], r["source_label"]), (r["image"], r["label"]),
                  (t.image, t.label)) for r, t in zip(made, targets * n)]
-        fig = plots.translation(rows, code, ("source", "synthetic", "real target"))
+        fig = plots.translation(rows, code, ("source", "synthetic", "real target"),
+                                base.data.grid_axes)
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(png, ".png") as tmp:
             fig.savefig(tmp, dpi=90)
