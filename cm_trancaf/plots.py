@@ -151,9 +151,9 @@ def level_slice(image_path, label_path, code: int | None = None,
                 grid_axes: str = "world") -> tuple[np.ndarray, np.ndarray]:
     """(image, label) slices through the centre of the structure with file ``code`` (all
     foreground when ``code`` is None or absent), on a grid of the image's own spacing:
-    ``grid_axes`` "world" = axial slices of an identity-direction grid (every volume in one orientation);
-    "image" = the image's own slices (e.g. a short-axis stack's short-axis planes), as the
-    working grid of ``data.grid_axes=image`` sees them."""
+    ``grid_axes`` "world" = axial slices of an identity-direction grid (every volume in one
+    orientation); "image" = the image's own slices (e.g. a short-axis stack's short-axis
+    planes), as the working grid of ``data.grid_axes=image`` sees them."""
     image = read_image(image_path)
     grid = working_grid(image, image.GetSpacing(), grid_axes)
     arr = sitk.GetArrayFromImage(resample(image, grid, sitk.sitkLinear,
