@@ -33,23 +33,22 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
     ``--dataset mscmrseg`` (the cohort of ``experiments/mscmrseg_lge.py``); their results then go
     to ``<out>/<name>_mscmrseg/<run>`` and the MM-WHS published rows are left out.
     """
-    home, script = dataset, name
+    home, script, parents = dataset, name, []
     if home == "mmwhs":
         pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)   # not --data
-        pre.add_argument("--dataset", choices=CROSS_DATASETS, default=home)
-        dataset = pre.parse_known_args(argv)[0].dataset
+        pre.add_argument("--dataset", choices=CROSS_DATASETS, default=home,
+                         help="mmwhs (MM-WHS CT, the paper's; default) | mscmrseg (real bSSFP -> "
+                              "LGE, 3 classes; its options --n-train, --n-unlabelled, --dev apply)")
+        dataset, parents = pre.parse_known_args(argv)[0].dataset, [pre]
     if dataset != home:
         name, published = f"{name}_{dataset}", None
         note = ((note + " ") if note else "") + (
             f"MS-CMRSeg bSSFP -> LGE, the cohort of experiments/mscmrseg_lge.py; the paper's "
             f"finding, on MM-WHS CT: {doc.strip().splitlines()[0]}")
     p = argparse.ArgumentParser(prog=f"experiments/{script}.py", description=doc.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc,
+                                parents=parents)
     mmwhs = dataset == "mmwhs"
-    if home == "mmwhs":
-        p.add_argument("--dataset", choices=CROSS_DATASETS, default=home,
-                       help="mmwhs (MM-WHS CT, the paper's; default) | mscmrseg (real bSSFP -> "
-                            "LGE, 3 classes; its options --n-train, --n-unlabelled, --dev apply)")
     p.add_argument("--preset", default=None,
                    help="paper (GPU) | cpu (real CT, 2 CPU cores; the default with --data) | "
                    "demo (the phantom's default) | tiny" if mmwhs else
