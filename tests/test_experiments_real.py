@@ -150,6 +150,49 @@ def test_mscmrseg_experiment_pools_translates_and_tables(tiny_mscmrseg, tmp_path
     assert got["dice_mean"] == pytest.approx(rows["dice"].mean())
 
 
+def test_mtn_on_histogram_matched_source_learns_and_translates_those(tiny_mscmrseg, tmp_path,
+                                                                     monkeypatch):
+    """``Setting(mtn=True, harmonize=True)``: G_c learns from, and translates, the bSSFP cases
+    histogram-matched to the MTN's LGE images, in an MTN run of its own (not the paper's)."""
+    import cm_trancaf.train.mtn as train_mtn_module
+    import cm_trancaf.translate as translate_module
+    from cm_trancaf.data.preprocess import histogram_match
+    from cm_trancaf.experiments.runner import _generated
+    seen = {}
+
+    def fake_train(cfg, data, run, layout, cases, anatomy_run):
+        seen.setdefault("sources", []).append([c.image for c in cases[0]])
+        seen.setdefault("targets", []).append({c.case_id for c in cases[1]})
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text("{}")
+
+    def fake_translate(run, inputs, out, grid):
+        seen.setdefault("inputs", []).append(Path(inputs))
+        out.mkdir(parents=True)
+        (out / "manifest.csv").write_text("case\n")
+    monkeypatch.setattr(train_mtn_module, "train_mtn", fake_train)
+    monkeypatch.setattr(translate_module, "translate_folder", fake_translate)
+    base = apply_overrides(get_preset("tiny"), ["data.labels=mscmrseg", "data.modality=mr"])
+    cohort = mscmrseg_cohort(tiny_mscmrseg, n_train=2, n_unlabelled=1, seed=0)
+    (_, test), = cohort.splits
+    plain = _generated(base, Setting("MTN", mtn=True), cohort, tmp_path, 0, test)
+    matched = _generated(base, Setting("MTN(hm)", mtn=True, harmonize=True), cohort, tmp_path, 0,
+                         test)
+    assert plain != matched                                     # two MTN runs, two folders
+    assert seen["inputs"][0] == tiny_mscmrseg / "C0"
+    hm = seen["inputs"][1]
+    assert hm.parent.name == "harmonized" and (hm / "manifest.csv").is_file()
+    assert [Path(p).parent for p in seen["sources"][1]] == [hm] * 4     # the matched C0 cases
+    assert seen["targets"][0] == seen["targets"][1] == {c.case_id for c in cohort.mtn_target}
+    # what G_c learnt from is each C0 image histogram-matched to an LGE image of the MTN
+    manifest = pd.read_csv(hm / "manifest.csv")
+    refs = [c.image for c in cohort.mtn_target]
+    for i, row in enumerate(manifest.itertuples()):
+        want = histogram_match(sitk.ReadImage(row.source_image), sitk.ReadImage(str(refs[i % len(refs)])))
+        assert np.allclose(sitk.GetArrayFromImage(sitk.ReadImage(row.image)),
+                           sitk.GetArrayFromImage(want), atol=1e-3)
+
+
 def test_acdc_experiment_script_end_to_end(tiny_acdc, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "experiments/acdc.py"), "--data", str(tiny_acdc),
                         "--preset", "tiny", "--n-test", "2", "--only", "MAUNet (SCN off)",

@@ -35,7 +35,7 @@ import SimpleITK as sitk
 
 from ..config import apply_overrides, load_config, save_config
 from ..data import phantom
-from ..data.datasets import get_labelset
+from ..data.datasets import generated_cases, get_labelset
 from ..data.io import read_image
 from ..metrics import evaluate_folders
 from ..utils import UserError, atomic_dir, atomic_path, atomic_write_text
@@ -56,7 +56,9 @@ class Setting:
     mtn_overrides: tuple[str, ...] = ()      # e.g. ("mtn.lam=5",): an MTN run of its own
     raw: bool = False                        # add the labelled source cases untranslated (naive pooling)
     # add ratio r of the labelled source cases histogram-matched to the MTN's target images: the
-    # intensity-only baseline of the MTN (no network)
+    # intensity-only baseline of the MTN (no network). With ``mtn``: the MTN learns from and
+    # translates the histogram-matched source cases (G_c corrects the intensity mapping; beyond
+    # the paper)
     harmonize: bool = False
     # evaluate the trained cascade of the named setting instead of training one (a paired
     # ablation of inference-time switches: "SCN off" = the same MAUNet without its SCN; infer.*
@@ -85,7 +87,12 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
     cfg = apply_overrides(base, [*setting.mtn_overrides, f"run.seed={seed}"])
     tested = {c.case_id for c in test_cases}
     target = [c for c in cohort.mtn_target if c.case_id not in tested]
+    sources, source_dir = list(cohort.source), cohort.source_dir
     key = f"{_key(setting.mtn_overrides)}_s{seed}"
+    if setting.harmonize:           # G_c learns from (and translates) the hist-matched sources
+        source_dir = _harmonized(setting, cohort, work, test_cases)
+        sources = generated_cases(source_dir)
+        key += f"_hm{source_dir.name}"
     if len(target) < len(cohort.mtn_target):
         key += f"_{_key([c.case_id for c in target])}"      # one MTN per set of target images
     run, out = work / "mtn" / key, work / "generated" / key
@@ -95,10 +102,10 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
                             f"a setting trained on real target cases alone (e.g. \"LGE only\") "
                             f"for seed {seed}: run that setting first")
         train_mtn(cfg, cohort.data, run, layout=cohort.layout,
-                  cases=(list(cohort.source), target), anatomy_run=reference)
+                  cases=(sources, target), anatomy_run=reference)
     if not (out / "manifest.csv").exists():
         # on the working grid: the synthetic images are enhanced and resampled once, as real ones
-        translate_folder(run, cohort.source_dir, out, grid="working")
+        translate_folder(run, source_dir, out, grid="working")
     return out
 
 
@@ -119,9 +126,8 @@ def _harmonized(setting: Setting, cohort: Cohort, work: Path, test_cases=()) -> 
 
 def _source_folder(base, s: Setting, cohort: Cohort, work: Path, seed: int, test_cases,
                    reference: Path | None = None):
-    """The folder of synthetic source cases a setting trains with (MTN or histogram matching)."""
-    if s.mtn and s.harmonize:
-        raise UserError(f"setting {s.name!r}: mtn and harmonize are two different settings")
+    """The folder of synthetic source cases a setting trains with (MTN, histogram matching, or
+    the MTN on histogram-matched source cases)."""
     if s.mtn:
         return _generated(base, s, cohort, work, seed, test_cases, reference)
     return _harmonized(s, cohort, work, test_cases) if s.harmonize else None
@@ -143,7 +149,6 @@ def _anatomy(base, settings, by_name, cohort: Cohort, work: Path, seed: int, fol
     (``metrics.anatomy_score``) with the cascade of the first setting trained on real target
     cases alone (e.g. "LGE only"), beside that cascade's Dice on the real test cases."""
     from ..inference import Cascade               # TensorFlow (see _generated)
-    from ..data.datasets import generated_cases
     from ..metrics import anatomy_score
     tag = f"s{seed}_f{fold}"
     reference = _reference(by_name, work, tag)
@@ -182,7 +187,7 @@ def _translation_figures(base, settings, cohort: Cohort, work: Path, seed: int, 
         if not (s.mtn or s.harmonize) or s.same_run_as or not targets:
             continue
         folder = _source_folder(base, s, cohort, work, seed, test_cases)
-        png = out / f"translation_{s.name if s.harmonize else 'mtn'}_{folder.name}.png"
+        png = out / f"translation_{s.name if s.harmonize and not s.mtn else 'mtn'}_{folder.name}.png"
         png = png.with_name(png.name.replace(" ", "_").replace("/", "_"))
         if png.exists():
             continue
