@@ -290,3 +290,37 @@ def test_real_folders_list_every_patient_and_split_cleanly():
     a = acdc_cohort(need_shared("acdc"))
     (train, test), = a.splits
     assert len(test) == 20 and len(train) == 79
+
+
+def test_mtn_anatomy_benchmark_never_reads_test_patients(tiny_mscmrseg, tmp_path, monkeypatch,
+                                                          capsys):
+    """benchmarks/mtn_anatomy.py trains G_c on the experiment's MTN cases (labelled bSSFP ->
+    training + "unlabelled" LGE), never on its test patients, and tabulates the anatomy log."""
+    import importlib.util
+    import cm_trancaf.train.mtn as train_mtn_module
+    spec = importlib.util.spec_from_file_location("mtn_anatomy", ROOT / "benchmarks/mtn_anatomy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seen = {}
+
+    def fake_train(cfg, data, run, layout, cases, anatomy_run):
+        seen.update(steps=cfg.mtn.steps, seed=cfg.run.seed, source=cases[0], target=cases[1],
+                    reference=anatomy_run)
+        run.mkdir(parents=True)
+        (run / "val.csv").write_text("step,val/anatomy_dice\n2,0.25\n4,0.5\n")
+        (run / "summary.json").write_text("{}")
+    monkeypatch.setattr(train_mtn_module, "train_mtn", fake_train)
+    out = tmp_path / "mtn"
+    argv = ["--data", str(tiny_mscmrseg), "--reference", str(tmp_path / "ref"), "--preset", "tiny",
+            "--set", "mtn.steps=4", "--seed", "1", "--n-train", "2", "--n-unlabelled", "1",
+            "--out", str(out)]
+    assert bench.main(argv) == 0
+    (train, test), = mscmrseg_cohort(tiny_mscmrseg, n_train=2, n_unlabelled=1, seed=0).splits
+    ids = lambda cases: {c.case_id for c in cases}
+    assert seen["steps"] == 4 and seen["seed"] == 1 and seen["reference"] == tmp_path / "ref"
+    assert ids(seen["source"]) == {f"patient{i}_C0" for i in range(1, 5)}
+    assert ids(train) < ids(seen["target"]) and not ids(seen["target"]) & ids(test)
+    assert len(seen["target"]) == 3
+    assert pd.read_csv(out / "anatomy_log.csv")["anatomy_dice"].tolist() == [25.0, 50.0]
+    assert "50.0" in capsys.readouterr().out
+    assert bench.main(argv) == 2                       # a finished run is not overwritten
