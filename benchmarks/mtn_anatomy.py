@@ -2,10 +2,10 @@
 
 G_c (bSSFP -> LGE) trains as the experiment trains it: the 35 labelled bSSFP cases as source, the
 experiment's labelled and "unlabelled" LGE patients as target (its test patients are not read).
-At each of ``mtn.validations`` evenly spaced steps a cascade trained on real LGE alone (``--reference``,
-e.g. the experiment's ``work/seg/LGE only/s0_f0``) segments G_c(bSSFP) of the first
-``mtn.anatomy_cases`` labelled bSSFP cases, scored against their labels (the FCN score of Zhu et
-al. 2017). Every number comes from training cases, so MTN options (steps, upsampling, ...) can be
+At each of ``mtn.validations`` evenly spaced steps a cascade trained on real LGE alone
+(``--reference``, e.g. the experiment's ``work/seg/LGE only/s0_f0``) segments G_c(bSSFP) of the
+first ``mtn.anatomy_cases`` labelled bSSFP cases, scored against their labels (the FCN score of
+Zhu et al. 2017). Every number comes from training cases, so MTN options (steps, upsampling, ...) can be
 chosen here before any test number.
 
     python benchmarks/mtn_anatomy.py --data ../shared/data/mscmrseg \\

@@ -188,7 +188,8 @@ def test_mtn_on_histogram_matched_source_learns_and_translates_those(tiny_mscmrs
     manifest = pd.read_csv(hm / "manifest.csv")
     refs = [c.image for c in cohort.mtn_target]
     for i, row in enumerate(manifest.itertuples()):
-        want = histogram_match(sitk.ReadImage(row.source_image), sitk.ReadImage(str(refs[i % len(refs)])))
+        ref = sitk.ReadImage(str(refs[i % len(refs)]))
+        want = histogram_match(sitk.ReadImage(row.source_image), ref)
         assert np.allclose(sitk.GetArrayFromImage(sitk.ReadImage(row.image)),
                            sitk.GetArrayFromImage(want), atol=1e-3)
 

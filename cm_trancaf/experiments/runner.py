@@ -187,7 +187,8 @@ def _translation_figures(base, settings, cohort: Cohort, work: Path, seed: int, 
         if not (s.mtn or s.harmonize) or s.same_run_as or not targets:
             continue
         folder = _source_folder(base, s, cohort, work, seed, test_cases)
-        png = out / f"translation_{s.name if s.harmonize and not s.mtn else 'mtn'}_{folder.name}.png"
+        kind = s.name if s.harmonize and not s.mtn else "mtn"
+        png = out / f"translation_{kind}_{folder.name}.png"
         png = png.with_name(png.name.replace(" ", "_").replace("/", "_"))
         if png.exists():
             continue
