@@ -141,6 +141,11 @@ def test_mscmrseg_experiment_pools_translates_and_tables(tiny_mscmrseg, tmp_path
     assert anatomy["anatomy_dice"].between(0, 1).all()
     assert np.allclose(anatomy["ratio_to_real"],
                        anatomy["anatomy_dice"] / anatomy["segmenter_real_dice"])
+    cases = pd.read_csv(run / "anatomy_per_case.csv")       # the rows behind each score
+    for row in anatomy.itertuples():
+        mine = cases[(cases.setting == row.setting) & (cases.structure == "WHS_mean")]
+        assert sorted(mine["case"]) == [f"patient{i}_C0" for i in range(1, 5)]
+        assert mine["dice"].mean() == pytest.approx(row.anatomy_dice)
     table = (run / "table.md").read_text(encoding="utf-8")
     assert "| setting | LV Dice % | RV Dice % | Myo Dice % | LV HD mm | RV HD mm | Myo HD mm |" \
         in table and "no published row" in table              # per-structure Dice and HD

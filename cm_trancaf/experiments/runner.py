@@ -11,6 +11,9 @@ by the settings that use the same MTN config.
       per_case.csv      setting, seed, fold, case, structure, dice, jaccard, hd_mm, hd95_mm, ...
       per_case_1mm.csv  the same at 1 mm isotropic (the MM-WHS challenge's evaluation grid)
       centers.csv       setting, seed, fold, case, localizer and final ROI centre errors (mm), passes
+      anatomy.csv       per synthetic-source setting, seed and fold: the FCN score of its synthetic
+                        images (the real-target-only cascade segments them), beside that
+                        cascade's Dice on the real test cases; anatomy_per_case.csv its rows
       summary.csv       per setting and structure: mean and std over test cases x seeds
       summary_1mm.csv   the same at 1 mm
       table.md          the paper-shaped tables (Dice %, Jaccard %, HD mm), native grid and 1 mm,
@@ -144,34 +147,38 @@ def _reference(by_name: dict, work: Path, tag: str) -> Path | None:
 
 
 def _anatomy(base, settings, by_name, cohort: Cohort, work: Path, seed: int, fold: int,
-             test_cases, rows: list[dict], labelset) -> list[dict]:
+             test_cases, rows: list[dict], labelset) -> tuple[list[dict], list[dict]]:
     """Anatomy kept by each setting's synthetic source images: the FCN score
     (``metrics.anatomy_score``) with the cascade of the first setting trained on real target
-    cases alone (e.g. "LGE only"), beside that cascade's Dice on the real test cases."""
+    cases alone (e.g. "LGE only"), beside that cascade's Dice on the real test cases; one row
+    per setting, and the per-case rows behind it (a lost heart and a uniformly poor score
+    read differently)."""
     from ..inference import Cascade               # TensorFlow (see _generated)
     from ..metrics import anatomy_score
     tag = f"s{seed}_f{fold}"
     reference = _reference(by_name, work, tag)
     synthetic = [s for s in settings if (s.mtn or s.harmonize) and not s.same_run_as]
     if reference is None or not synthetic:
-        return []
+        return [], []
     ref = by_name[reference.parent.name]
     cascade = Cascade.load(reference)
     real = [r["dice"] for r in rows if r["setting"] == ref.name and r["seed"] == seed
             and r["fold"] == fold and r["structure"] == "WHS_mean"]
     if not real:
-        return []
-    out, seen = [], {}
+        return [], []
+    out, per_case, seen = [], [], {}
     for s in synthetic:
         folder = _source_folder(base, s, cohort, work, seed, test_cases, reference)
         if folder not in seen:
-            df = anatomy_score(cascade.predict_image, generated_cases(folder), labelset)
-            seen[folder] = float(df[df.structure == "WHS_mean"]["dice"].mean())
-        out.append({"setting": s.name, "seed": seed, "fold": fold, "images": str(folder),
-                    "segmenter": ref.name, "anatomy_dice": seen[folder],
+            seen[folder] = anatomy_score(cascade.predict_image, generated_cases(folder), labelset)
+        df = seen[folder]
+        score = float(df[df.structure == "WHS_mean"]["dice"].mean())
+        key = {"setting": s.name, "seed": seed, "fold": fold, "segmenter": ref.name}
+        out.append({**key, "images": str(folder), "anatomy_dice": score,
                     "segmenter_real_dice": float(np.mean(real)),
-                    "ratio_to_real": seen[folder] / float(np.mean(real))})
-    return out
+                    "ratio_to_real": score / float(np.mean(real))})
+        per_case += [{**key, **r} for r in df.to_dict("records")]
+    return out, per_case
 
 
 def _translation_figures(base, settings, cohort: Cohort, work: Path, seed: int, train_cases,
@@ -286,7 +293,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
         old = pd.read_csv(out / csv)
         return old[~old["setting"].isin(names)].to_dict("records")
     center_rows, iso_rows = kept_rows("centers.csv"), kept_rows("per_case_1mm.csv")
-    anatomy_rows = kept_rows("anatomy.csv")
+    anatomy_rows, anatomy_cases = kept_rows("anatomy.csv"), kept_rows("anatomy_per_case.csv")
     by_name = {s.name: s for s in [*(catalogue or []), *settings]}
     for s in settings:
         if s.same_run_as is not None and s.same_run_as not in by_name:
@@ -321,13 +328,15 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                       f"{100 * np.mean(whs):.1f}%; localizer centre error median "
                       f"{np.median(loc):.1f} mm, max {np.max(loc):.1f} mm "
                       f"({time.time() - t0:.0f} s)", flush=True)
-            anatomy_rows += _anatomy(base, settings, by_name, cohort, work, seed, fold,
+            scores, cases = _anatomy(base, settings, by_name, cohort, work, seed, fold,
                                      test_cases, rows, labelset)
+            anatomy_rows, anatomy_cases = anatomy_rows + scores, anatomy_cases + cases
             if seed == 0 and fold == 0:
                 _translation_figures(base, settings, cohort, work, seed, train_cases, test_cases,
                                      labelset, out / "figures")
             if anatomy_rows:
                 _write_csv(pd.DataFrame(anatomy_rows), out / "anatomy.csv")
+                _write_csv(pd.DataFrame(anatomy_cases), out / "anatomy_per_case.csv")
     summary = summarize_experiment(df)
     _write_csv(summary, out / "summary.csv")
     summary_1mm = summarize_experiment(pd.DataFrame(iso_rows))
