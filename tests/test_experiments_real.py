@@ -330,3 +330,33 @@ def test_mtn_anatomy_benchmark_never_reads_test_patients(tiny_mscmrseg, tmp_path
     assert pd.read_csv(out / "anatomy_log.csv")["anatomy_dice"].tolist() == [25.0, 50.0]
     assert "50.0" in capsys.readouterr().out
     assert bench.main(argv) == 2                       # a finished run is not overwritten
+
+
+def test_slice_thickness_benchmark_coarsens_along_the_stack_axes():
+    """benchmarks/slice_thickness.py's ``coarsen``: an oblique stack re-sampled to thicker
+    slices keeps its direction and extent, labels keep their codes, and an image constant along
+    the slice axis stays that constant (the slice profile only averages along it)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("slice_thickness",
+                                                  ROOT / "benchmarks/slice_thickness.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    plane = rng.uniform(0, 100, (40, 40)).astype(np.float32)
+    image = sitk.GetImageFromArray(np.repeat(plane[None], 20, axis=0))      # 20 slices of 5 mm
+    labels = np.zeros((20, 40, 40), np.uint16)
+    labels[5:15, 10:30, 10:30] = 200
+    labels[8:12, 15:25, 15:25] = 500
+    label = sitk.GetImageFromArray(labels)
+    c, s = np.cos(0.4), np.sin(0.4)
+    for img in (image, label):
+        img.SetSpacing((0.75, 0.75, 5.0))
+        img.SetDirection((c, -s, 0, s, c, 0, 0, 0, 1))
+        img.SetOrigin((3.0, -2.0, 7.0))
+    thick, thick_label = bench.coarsen(image, label, (0.75, 0.75, 10.0))
+    assert thick.GetDirection() == image.GetDirection() == thick_label.GetDirection()
+    assert thick.GetSpacing() == (0.75, 0.75, 10.0) and thick.GetSize() == (40, 40, 10)
+    assert thick_label.GetSize() == thick.GetSize()
+    assert set(np.unique(sitk.GetArrayViewFromImage(thick_label))) == {0, 200, 500}
+    arr = sitk.GetArrayFromImage(thick)
+    assert np.allclose(arr[2:-2], plane[None], atol=1e-3)   # away from the stack's ends

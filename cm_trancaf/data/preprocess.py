@@ -141,11 +141,13 @@ def antialias(image: sitk.Image, target_spacing, axes: str = "world") -> sitk.Im
         direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
         target = target[np.argmax(np.abs(direction), axis=0)]   # image axis i ~ world axis
     sigma = antialias_sigmas(image.GetSpacing(), target)
-    if not np.any(sigma > 0):
-        return image
-    smooth = sitk.SmoothingRecursiveGaussianImageFilter()
-    smooth.SetSigma([float(v) for v in sigma])
-    return smooth.Execute(image)
+    out = image
+    for axis in np.flatnonzero(sigma > 0):    # axes the target is not coarser along stay as they are
+        smooth = sitk.RecursiveGaussianImageFilter()
+        smooth.SetDirection(int(axis))
+        smooth.SetSigma(float(sigma[axis]))
+        out = smooth.Execute(out)
+    return out
 
 
 def enhance(image: sitk.Image, cfg: DataConfig) -> sitk.Image:
