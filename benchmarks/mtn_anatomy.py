@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from cm_trancaf.cli import run_guarded
+    from cm_trancaf.utils import import_tensorflow_quietly
+    import_tensorflow_quietly(False)
 
     def run() -> int:
         from cm_trancaf.config import apply_overrides, get_preset

@@ -8,7 +8,7 @@ its labels by nearest neighbour onto the same grid; the cascade segments it and 
 computed there, beside the native images' scores.
 
     python benchmarks/slice_thickness.py --run "results/mscmrseg_lge/cmr_cpu/work/seg/LGE only/s0_f0" \\
-        --images DEV_LGE_IMAGES --labels DEV_LGE_LABELS --layout mscmrseg \\
+        --images DEV_LGE_IMAGES --labels DEV_LGE_LABELS --label-set mscmrseg \\
         --spacing 1.25 1.25 8 --spacing 1.25 1.25 12 --out results/slice_thickness
 Use development images (never an experiment's test patients). Writes ``per_case.csv`` and
 ``summary.csv`` (mean Dice per structure and spacing) into ``--out`` and prints the table.
@@ -38,13 +38,15 @@ def main(argv=None) -> int:
     p.add_argument("--run", required=True, help="a train-seg run folder")
     p.add_argument("--images", required=True, help="folder of labelled target images")
     p.add_argument("--labels", required=True, help="their label maps (paired by case id)")
-    p.add_argument("--layout", default="mscmrseg", help="label set (mscmrseg, acdc, mmwhs)")
+    p.add_argument("--label-set", default="mscmrseg", help="mscmrseg, acdc or mmwhs")
     p.add_argument("--spacing", type=float, nargs=3, action="append", required=True,
                    metavar=("COL", "ROW", "SLICE"), help="a coarser resolution (repeatable)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
     from cm_trancaf.cli import run_guarded
+    from cm_trancaf.utils import import_tensorflow_quietly
+    import_tensorflow_quietly(False)
 
     def run() -> int:
         import pandas as pd
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
         from cm_trancaf.inference import Cascade
         from cm_trancaf.metrics import evaluate_case
         from cm_trancaf.utils import UserError, atomic_path
-        labelset = get_labelset(args.layout)
+        labelset = get_labelset(args.label_set)
         cascade = Cascade.load(Path(args.run))
         labels = {case_id_of(f): f for f in Path(args.labels).iterdir()}
         rows = []
