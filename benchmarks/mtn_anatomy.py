@@ -30,8 +30,7 @@ def mtn_cases(data: Path, n_train: int, n_unlabelled: int, split_seed: int):
     from cm_trancaf.experiments.cohorts import mscmrseg_cohort
     cohort = mscmrseg_cohort(data, n_train, n_unlabelled, split_seed)
     (_, test), = cohort.splits
-    tested = {c.case_id for c in test}
-    return cohort, list(cohort.source), [c for c in cohort.mtn_target if c.case_id not in tested]
+    return cohort, list(cohort.source), cohort.mtn_images(test)
 
 
 def main(argv=None) -> int:

@@ -25,6 +25,12 @@ class Cohort:
     mtn_target: tuple = ()                   # target-domain images of the MTN
     layout: str = "mmwhs"
 
+    def mtn_images(self, test_cases=()) -> list:
+        """The target images an MTN of this fold learns from: ``mtn_target`` less the fold's
+        test cases (never seen by any training)."""
+        tested = {c.case_id for c in test_cases}
+        return [c for c in self.mtn_target if c.case_id not in tested]
+
     def describe(self) -> dict:
         ids = lambda cases: [c.case_id for c in cases]
         return {"data": str(self.data), "layout": self.layout,

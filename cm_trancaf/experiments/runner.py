@@ -88,8 +88,7 @@ def _generated(base, setting: Setting, cohort: Cohort, work: Path, seed: int,
         raise UserError(f"setting {setting.name!r} needs source-domain cases (MTN); "
                         f"{cohort.data} ({cohort.layout}) has none")
     cfg = apply_overrides(base, [*setting.mtn_overrides, f"run.seed={seed}"])
-    tested = {c.case_id for c in test_cases}
-    target = [c for c in cohort.mtn_target if c.case_id not in tested]
+    target = cohort.mtn_images(test_cases)
     sources, source_dir = list(cohort.source), cohort.source_dir
     key = f"{_key(setting.mtn_overrides)}_s{seed}"
     if setting.harmonize:           # G_c learns from (and translates) the hist-matched sources
@@ -119,8 +118,7 @@ def _harmonized(setting: Setting, cohort: Cohort, work: Path, test_cases=()) -> 
     if not cohort.source or cohort.source_dir is None:
         raise UserError(f"setting {setting.name!r} needs source-domain cases; "
                         f"{cohort.data} ({cohort.layout}) has none")
-    tested = {c.case_id for c in test_cases}
-    refs = [c for c in cohort.mtn_target if c.case_id not in tested]
+    refs = cohort.mtn_images(test_cases)
     out = work / "harmonized" / _key([c.case_id for c in refs])
     if not (out / "manifest.csv").exists():
         harmonize_folder(cohort.source_dir, [c.image for c in refs], out, refs[0].modality)
