@@ -137,6 +137,43 @@ def test_dev_split_tests_training_cases_only_and_drops_the_test_cases():
         dev_cohort(cohort, 11)
 
 
+def test_dev_split_of_a_cross_validation_reads_no_case_of_the_first_folds_test():
+    """In a k-fold CV every case is tested somewhere: the dev split comes from the first fold's
+    training cases alone, and that fold's test cases are read by nothing (MTN included)."""
+    from types import SimpleNamespace as Case
+    from cm_trancaf.experiments.cohorts import Cohort, dev_cohort, kfold_splits
+    cases = {f"c{i:02d}": Case(case_id=f"c{i:02d}") for i in range(16)}
+    splits = tuple(([cases[i] for i in tr], [cases[i] for i in te])
+                   for tr, te in kfold_splits(sorted(cases), 4, 0))
+    dev = dev_cohort(Cohort(Path("."), splits, mtn_target=tuple(cases.values())), 4, seed=2)
+    ids = lambda cs: {c.case_id for c in cs}
+    (dtrain, dtest), = dev.splits
+    first_train, first_test = map(ids, splits[0])
+    assert len(dtest) == 4 and len(dtrain) == 8 and ids(dtrain) | ids(dtest) == first_train
+    assert not (ids(dtrain) | ids(dtest) | ids(dev.mtn_target)) & first_test
+
+
+def test_dev_flag_on_mmwhs_layout_tests_training_cases_only(tiny_phantom, tmp_path, monkeypatch,
+                                                             capsys):
+    """``--dev N`` on an MM-WHS layout hands the runner training cases only, no published rows."""
+    from cm_trancaf.experiments import command
+    seen = {}
+    monkeypatch.setattr(command, "run_experiment",
+                        lambda name, chosen, base, out, data, seeds, folds, published, cohort,
+                        note, catalogue: seen.update(out=out, cohort=cohort, published=published))
+    argv = ["--data", str(tiny_phantom), "--folds", "0", "--preset", "tiny", "--out",
+            str(tmp_path), "--dev", "1"]
+    assert command.main("t", [Setting("a")], argv, published={"x": {}}) == 0
+    (train, dev), = seen["cohort"].splits
+    ids = lambda cases: {c.case_id for c in cases}
+    train_ids = {p.name.replace("_image.nii.gz", "") for p in (tiny_phantom / "ct_train").glob(
+        "*_image.nii.gz")}
+    assert len(dev) == 1 and ids(train) | ids(dev) == train_ids and len(train_ids) == 3
+    assert seen["out"] == tmp_path / "t" / "tiny_dev" and seen["published"] is None
+    assert command.main("t", [Setting("a")], argv[2:]) == 2     # the phantom: --dev needs --data
+    assert "--dev needs --data" in capsys.readouterr().err
+
+
 def test_settings_share_one_localizer_run(results):
     """The localizer learns from the real training cases only, so the settings of a table (which
     differ in generated data and MAUNet switches) share one localizer run: trained once, the same

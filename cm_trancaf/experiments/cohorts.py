@@ -110,17 +110,19 @@ def acdc_cohort(data: Path, n_test: int = 20, n_train: int | None = None, seed: 
 
 
 def dev_cohort(cohort: Cohort, n_dev: int, seed: int = 0) -> Cohort:
-    """The development split for choosing settings: in each fold, ``n_dev`` of the *training* cases
-    (drawn reproducibly from the seed) become the test set and the rest train; the fold's test
-    cases are dropped, so nothing chosen on a dev run has seen them."""
-    splits = []
-    for train, _test in cohort.splits:
-        if not 1 <= n_dev <= len(train) - 2:
-            raise UserError(f"--dev {n_dev}: need 1 <= n <= {len(train) - 2} (the fold has "
-                            f"{len(train)} training cases)")
-        by_id = {c.case_id: c for c in train}
-        dev, rest = _split_ids(sorted(by_id), seed, n_dev, None)
-        splits.append(([by_id[i] for i in rest], [by_id[i] for i in dev]))
-    test_ids = {c.case_id for _, te in cohort.splits for c in te}
+    """The development split for choosing settings: ``n_dev`` of the *training* cases (drawn
+    reproducibly from the seed) become the test set and the rest train; the test cases are
+    dropped, so nothing chosen on a dev run has seen them, not even the MTN.
+
+    A cross-validation tests every case in some fold, so its dev split is drawn from the first
+    fold's training cases alone (one split; that fold's test cases stay unread)."""
+    train, test = cohort.splits[0]
+    if not 1 <= n_dev <= len(train) - 2:
+        raise UserError(f"--dev {n_dev}: need 1 <= n <= {len(train) - 2} (the fold has "
+                        f"{len(train)} training cases)")
+    by_id = {c.case_id: c for c in train}
+    dev, rest = _split_ids(sorted(by_id), seed, n_dev, None)
+    test_ids = {c.case_id for c in test}
     mtn_target = tuple(c for c in cohort.mtn_target if c.case_id not in test_ids)
-    return replace(cohort, splits=tuple(splits), mtn_target=mtn_target)
+    return replace(cohort, splits=(([by_id[i] for i in rest], [by_id[i] for i in dev]),),
+                   mtn_target=mtn_target)

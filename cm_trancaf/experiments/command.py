@@ -8,7 +8,7 @@ from pathlib import Path
 from ..cli import run_guarded
 from ..config import apply_overrides, get_preset
 from ..utils import UserError, import_tensorflow_quietly
-from .cohorts import acdc_cohort, dev_cohort, mscmrseg_cohort
+from .cohorts import acdc_cohort, dev_cohort, mmwhs_cohort, mscmrseg_cohort
 from .runner import Setting, run_experiment
 
 __all__ = ["main"]
@@ -73,12 +73,14 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
         p.add_argument("--n-test", type=int, default=20, help="held-out test patients")
         p.add_argument("--n-train", type=int, default=None,
                        help="training patients (default: all the others)")
-    if not mmwhs:
-        p.add_argument("--dev", type=int, default=0, metavar="N",
-                       help="choose settings on a development split: N of the training patients "
-                            "are tested instead of the test patients, which are not read (run "
-                            "named <preset>_dev)")
-        p.add_argument("--split-seed", type=int, default=0, help="seed of the patient split")
+    p.add_argument("--dev", type=int, default=0, metavar="N",
+                   help="choose settings on a development split: N of the training patients "
+                        "are tested instead of the test patients, which are not read (with "
+                        "--folds: the first fold's training cases, one split; run named "
+                        "<preset>_dev)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the patient split" + (" (with --dev: of the dev draw; the "
+                                                       "folds keep seed 0)" if mmwhs else ""))
     p.add_argument("--seeds", type=int, default=1, help="seeds per setting (mean +- std over all)")
     p.add_argument("--only", action="append", help="run only these settings (repeatable)")
     p.add_argument("--out", default="results", help="results root")
@@ -107,12 +109,18 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
         else:
             folds = args.folds if args.folds is not None else (
                 (default_folds or 5) if args.data else 0)
-        if cohort is not None and getattr(args, "dev", 0):
-            cohort = dev_cohort(cohort, args.dev, args.split_seed)
+            if args.dev:
+                if not args.data:
+                    raise UserError("--dev needs --data (a development split of real cases)")
+                cohort = mmwhs_cohort(base, Path(args.data), folds)
+        if args.dev:          # dev numbers are not the published rows' kind: none beside them
+            cohort, folds, pub = dev_cohort(cohort, args.dev, args.split_seed), 0, None
+        else:
+            pub = published
         run = args.run or preset + ("_without_mtn" if getattr(args, "without_mtn", False) else "") \
-            + ("_dev" if getattr(args, "dev", 0) else "")
+            + ("_dev" if args.dev else "")
         run_experiment(name, chosen, base, Path(args.out) / name / run,
-                       Path(args.data) if args.data else None, args.seeds, folds, published,
-                       cohort, note, catalogue)
+                       Path(args.data) if args.data else None, args.seeds, folds, pub, cohort,
+                       note, catalogue)
         return 0
     return run_guarded(script, go)
