@@ -6,6 +6,8 @@ stored at 1 mm, the grid on which the MM-WHS challenge evaluated, so "native" is
 
     python experiments/mmwhs_ct.py --data ../shared/data/mmwhs_ct                  # cpu, 4 folds
     python experiments/mmwhs_ct.py --data /data/MM-WHS --preset paper --folds 4 --seeds 3
+    python experiments/mmwhs_ct.py --data ../shared/data/mmwhs_ct --dev 4 \
+        --set data.antialias=True --run cpu_antialias_dev  # choose: fold 0's training cases
 Results: results/mmwhs_ct/<preset>/{per_case.csv, centers.csv, summary.csv, table.md}.
 """
 import sys
