@@ -342,3 +342,13 @@ def test_results_folder_refuses_runs_of_another_configuration(tmp_path):
     _check_same_config(base, tmp_path)                    # the same configuration again
     with pytest.raises(UserError, match=r"data.grid_axes: 'world' -> 'image'.*--run NAME"):
         _check_same_config(apply_overrides(base, ["data.grid_axes=image"]), tmp_path)
+
+
+def test_table_speaks_of_published_rows_only_where_there_are_some():
+    from cm_trancaf.experiments.report import markdown_table
+    summary = pd.DataFrame([{"setting": "a", "structure": s, "dice_mean": 0.9, "dice_std": 0.01}
+                            for s in ("LV", "WHS_mean")])
+    assert "Published" not in markdown_table(summary, ["a"])
+    with_row = markdown_table(summary, ["a"], {"paper": {"WHS_mean dice": 91.1}})
+    assert "| paper |" in with_row and "Published rows" in with_row
+    assert markdown_table(summary, ["a"], {"paper": {}}, note="N.").endswith("Dice. N.")

@@ -54,10 +54,11 @@ def markdown_table(summary: pd.DataFrame, order: list[str], published: dict | No
         cells = [name] + [f"{values[c]:g}" if c in values else "" for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if note is None and published:      # said only where a published row stands beside ours
+        note = "Published rows: as their names say, other cases and splits: indicative only."
     lines.append("Mean ± std over test cases (x seeds x folds). mean = WHS_mean, the mean over the "
-                 f"{len(structures)} structures; generalised = volume-weighted Dice. "
-                 + (note if note is not None else "Published rows: MM-WHS 2017 CT test set, not "
-                    "comparable with phantom results."))
+                 f"{len(structures)} structures; generalised = volume-weighted Dice."
+                 + (f" {note}" if note else ""))
     return "\n".join(lines)
 
 
