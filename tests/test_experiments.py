@@ -155,21 +155,21 @@ def test_dev_split_of_a_cross_validation_reads_no_case_of_the_first_folds_test()
 
 def test_dev_flag_on_mmwhs_layout_tests_training_cases_only(tiny_phantom, tmp_path, monkeypatch,
                                                              capsys):
-    """``--dev N`` on an MM-WHS layout hands the runner training cases only, no published rows."""
+    """``--dev N`` on an MM-WHS layout hands the runner training cases only."""
     from cm_trancaf.experiments import command
     seen = {}
     monkeypatch.setattr(command, "run_experiment",
                         lambda name, chosen, base, out, data, seeds, folds, published, cohort,
-                        note, catalogue: seen.update(out=out, cohort=cohort, published=published))
+                        note, catalogue: seen.update(out=out, cohort=cohort))
     argv = ["--data", str(tiny_phantom), "--folds", "0", "--preset", "tiny", "--out",
             str(tmp_path), "--dev", "1"]
-    assert command.main("t", [Setting("a")], argv, published={"x": {}}) == 0
+    assert command.main("t", [Setting("a")], argv) == 0
     (train, dev), = seen["cohort"].splits
     ids = lambda cases: {c.case_id for c in cases}
     train_ids = {p.name.replace("_image.nii.gz", "") for p in (tiny_phantom / "ct_train").glob(
         "*_image.nii.gz")}
     assert len(dev) == 1 and ids(train) | ids(dev) == train_ids and len(train_ids) == 3
-    assert seen["out"] == tmp_path / "t" / "tiny_dev" and seen["published"] is None
+    assert seen["out"] == tmp_path / "t" / "tiny_dev"
     assert command.main("t", [Setting("a")], argv[2:]) == 2     # the phantom: --dev needs --data
     assert "--dev needs --data" in capsys.readouterr().err
 

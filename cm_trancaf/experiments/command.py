@@ -113,14 +113,12 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
                 if not args.data:
                     raise UserError("--dev needs --data (a development split of real cases)")
                 cohort = mmwhs_cohort(base, Path(args.data), folds)
-        if args.dev:          # dev numbers are not the published rows' kind: none beside them
-            cohort, folds, pub = dev_cohort(cohort, args.dev, args.split_seed), 0, None
-        else:
-            pub = published
+        if args.dev:
+            cohort, folds = dev_cohort(cohort, args.dev, args.split_seed), 0
         run = args.run or preset + ("_without_mtn" if getattr(args, "without_mtn", False) else "") \
             + ("_dev" if args.dev else "")
         run_experiment(name, chosen, base, Path(args.out) / name / run,
-                       Path(args.data) if args.data else None, args.seeds, folds, pub, cohort,
-                       note, catalogue)
+                       Path(args.data) if args.data else None, args.seeds, folds, published,
+                       cohort, note, catalogue)
         return 0
     return run_guarded(script, go)
