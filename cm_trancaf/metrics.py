@@ -43,6 +43,17 @@ def _surface(mask):
     return mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3, 3)), border_value=0)
 
 
+def _distance_to(surface: np.ndarray, spacing_dhw) -> np.ndarray:
+    """Euclidean distance (mm) of every voxel to the nearest ``True`` voxel of ``surface``: the
+    values of scipy's ``distance_transform_edt(~surface, sampling=spacing_dhw)``, from SimpleITK's
+    Maurer transform (multi-threaded, several times faster on 1 mm grids)."""
+    img = sitk.GetImageFromArray(surface.astype(np.uint8))
+    img.SetSpacing(tuple(float(s) for s in spacing_dhw[::-1]))
+    d = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
+        img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
+    return np.where(surface, 0.0, d)
+
+
 def distances(a: np.ndarray, b: np.ndarray, spacing_dhw) -> tuple[float, float, float]:
     """(HD, HD95, ASSD) in mm between boolean masks on a grid with ``spacing_dhw``.
 
@@ -59,8 +70,7 @@ def distances(a: np.ndarray, b: np.ndarray, spacing_dhw) -> tuple[float, float, 
     box = tuple(slice(l, h) for l, h in zip(lo, hi))
     a, b = np.pad(a[box], 1), np.pad(b[box], 1)
     sa, sb = _surface(a), _surface(b)
-    to_sa = ndimage.distance_transform_edt(~sa, sampling=spacing_dhw)   # distance to A's surface
-    to_sb = ndimage.distance_transform_edt(~sb, sampling=spacing_dhw)
+    to_sa, to_sb = _distance_to(sa, spacing_dhw), _distance_to(sb, spacing_dhw)  # to the surfaces
     hd = max(to_sb[a & ~b].max(initial=0.0), to_sa[b & ~a].max(initial=0.0))
     surf = np.concatenate([to_sb[sa], to_sa[sb]])
     return float(hd), float(np.percentile(surf, 95)), float(surf.mean())
