@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from .config import apply_overrides, load_config
 from .data.io import read_image, read_label
 from .data.preprocess import crop, prepare, resample, resample_labels, working_grid
 
@@ -107,11 +108,18 @@ def ablation_heatmap(summary, title: str = ""):
     return fig
 
 
-def qualitative(run_dir, image_path, label_path=None, modality: str | None = None):
-    """Mid-slices through the ROI: image, ground truth, prediction and the finest AG map."""
+def qualitative(run_dir, image_path, label_path=None, modality: str | None = None,
+                overrides=()):
+    """Mid-slices through the ROI: image, ground truth, prediction and the finest AG map.
+    ``overrides``: a paired setting's switches on the same run (``scn.enabled=False``,
+    ``infer.*``), as the experiment evaluated it."""
     from .inference import Cascade, locate      # TensorFlow: only for this figure
     plt = _plt()
-    c = Cascade.load(run_dir)
+    infer = [o for o in overrides if o.strip().startswith("infer.")]
+    other = [o for o in overrides if o not in infer]
+    with_scn = apply_overrides(load_config(Path(run_dir) / "config.json"), other).scn.enabled \
+        if other else True
+    c = Cascade.load(run_dir, with_scn=with_scn, infer=infer)
     k = c.labelset.num_classes
     prep = prepare(read_image(image_path), None, c.cfg.data, modality or c.cfg.data.modality, k)
     center = locate(c.localizer, prep, c.cfg)
