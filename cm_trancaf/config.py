@@ -129,6 +129,13 @@ class SCNConfig:
     use_image: bool = False                    # also feed the image to the local branch
     freeze_maunet: bool = True                 # False: joint fine-tuning
     steps: int = 0                             # training steps of the SCN (0: train.steps)
+    # Beyond the paper (0 = off, as Payer): corrupt the frozen MAUNet's probabilities p before
+    # they train the SCN, p' = softmax(log max(p, input_floor) + input_noise * n), n smooth unit
+    # Gaussian noise, one value per class and per cell of input_noise_cell voxels (errors come in
+    # blobs): on its own training cases the MAUNet is nearly perfect, so the SCN would learn to copy
+    input_noise: float = 0.0
+    input_noise_cell: int = 8
+    input_floor: float = 0.01
 
 
 @dataclass(frozen=True)

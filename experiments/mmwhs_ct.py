@@ -15,7 +15,15 @@ import sys
 from cm_trancaf.experiments import Setting, main
 
 SETTINGS = [Setting("MAUNet + SCN"),
-            Setting("MAUNet (SCN off)", ("scn.enabled=False",), same_run_as="MAUNet + SCN")]
+            Setting("MAUNet (SCN off)", ("scn.enabled=False",), same_run_as="MAUNet + SCN"),
+            # beyond the paper: the SCN alone retrained on the same MAUNet, its inputs corrupted
+            # by smooth noise (scn.input_noise, README "Choices"), and without (the control: the
+            # SCN's own seed spread); candidates for `cpu`, compared on development cases
+            Setting("SCN retrained", maunet_from="MAUNet + SCN"),
+            Setting("SCN retrained, noisy inputs 1.0", ("scn.input_noise=1.0",),
+                    maunet_from="MAUNet + SCN"),
+            Setting("SCN retrained, noisy inputs 1.5", ("scn.input_noise=1.5",),
+                    maunet_from="MAUNet + SCN")]
 # Payer et al. 2017 (STACOM, MM-WHS): 3-fold CV on the 20 CT training volumes, mean Dice over the
 # 7 structures; the CM-TranCaF paper: MM-WHS CT test set (40 volumes), mean Dice and HD.
 PUBLISHED = {"Payer et al. 2017, 3-fold CV on MM-WHS CT training": {"WHS_mean dice": 88.9},

@@ -1,4 +1,5 @@
 """train-seg -> predict -> evaluate on the tiny phantom: geometry, restore, loss falls, CLI."""
+import dataclasses
 import subprocess
 import sys
 
@@ -430,3 +431,46 @@ def test_largest_component_keeps_each_structure_in_one_piece():
     np.testing.assert_array_equal(np.delete(out, 0, -1)[classes > 0],
                                   np.delete(probs, 0, -1)[classes > 0])   # the kept parts as were
     np.testing.assert_array_equal(largest_components(out), out)      # idempotent
+
+
+def test_scn_input_noise_flips_blobs_of_confident_voxels_and_is_seeded():
+    """scn.input_noise: errors in blobs (neighbours of a flipped voxel flip far more often than
+    voxels at large), more with a larger sigma, none at sigma 0; the same seed, the same noise."""
+    import tensorflow as tf
+    from cm_trancaf.train.seg import corrupt_probs
+    scn = get_preset("tiny").scn
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=(1, 4, 4, 4)).repeat(8, 1).repeat(8, 2).repeat(8, 3)
+    probs = tf.one_hot(labels, 4, dtype=tf.float32)                   # (1, 32, 32, 32, 4)
+    seed = tf.constant([0, 5], tf.int64)
+    flipped = {}
+    for sigma in (0.0, 1.5, 3.0):
+        cfg = dataclasses.replace(scn, input_noise=sigma, input_noise_cell=8)
+        out = corrupt_probs(probs, cfg, seed).numpy()
+        np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(out, corrupt_probs(probs, cfg, seed).numpy())
+        flipped[sigma] = out.argmax(-1) != labels
+    assert not flipped[0.0].any()
+    assert 0 < flipped[1.5].mean() < flipped[3.0].mean() < 0.9
+    f = flipped[3.0][0]
+    neighbour_flipped = (f[1:] & f[:-1]).sum() / f[:-1].sum()          # P(next flipped | flipped)
+    assert neighbour_flipped > 2 * f.mean()
+    other = corrupt_probs(probs, dataclasses.replace(scn, input_noise=3.0),
+                          tf.constant([0, 6], tf.int64)).numpy()
+    assert (other.argmax(-1) != labels).any() and not np.array_equal(other.argmax(-1) != labels, f[None])
+
+
+def test_scn_retrained_with_input_noise_on_a_trained_maunet(seg_run, tiny_phantom, tmp_path):
+    """Only the SCN stage trains (the MAUNet's checkpoint stays bit for bit) and logs the share
+    of its input voxels the noise flipped."""
+    import shutil
+    import pandas as pd
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run)
+    shutil.rmtree(run / "scn")                                        # (else it resumes: done)
+    maunet_files = {p: p.read_bytes() for p in (run / "maunet" / "ckpt").rglob("*") if p.is_file()}
+    cfg = apply_overrides(get_preset("tiny"), ["scn.input_noise=2.0", "scn.input_noise_cell=4"])
+    train_segmentation(cfg, tiny_phantom, run, stages=("scn",))
+    assert {p: p.read_bytes() for p in maunet_files} == maunet_files
+    log = pd.read_csv(run / "scn" / "log.csv")
+    assert "input/flipped" in log.columns and (log["input/flipped"] > 0).all()

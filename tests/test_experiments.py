@@ -78,6 +78,38 @@ def test_rerun_skips_finished_training(results, tiny_phantom):
     assert set(df["setting"]) == {"r=0.0", "r=1.0", "r=1.0 SCN off"} and len(df) == 3 * 2 * 9
 
 
+def test_scn_only_setting_trains_its_scn_on_the_named_runs_maunet(results, tiny_phantom,
+                                                                    tmp_path):
+    """``maunet_from``: a paired ablation of the SCN's training. Only the SCN trains (with the
+    setting's scn.* options); localizer and MAUNet are the named run's, bit for bit, and that
+    run is not retrained. A setting that differs in anything but scn.* is refused up front."""
+    import shutil
+    _, run, _ = results
+    copy = tmp_path / "tiny"
+    shutil.copytree(run, copy)
+    base = copy / "work/seg/r=1.0/s0_f0"
+    mtime = (base / "maunet/ckpt/last/checkpoint").stat().st_mtime_ns
+    noisy = Setting("r=1.0 noisy SCN", ("scn.input_noise=2.0",), mtn=True, ratio=1.0,
+                    maunet_from="r=1.0")
+    df = run_experiment("table2_ratio", [noisy], get_preset("tiny"), copy, tiny_phantom,
+                        catalogue=[*SETTINGS, noisy])
+    seg = copy / "work/seg/r=1.0 noisy SCN/s0_f0"
+    assert json.loads((seg / "done.json").read_text())["maunet_from"] == str(base)
+    files = lambda d: {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*.data-*"))}
+    for stage in ("localizer", "maunet"):
+        assert files(seg / stage / "ckpt") == files(base / stage / "ckpt") != {}
+    assert files(seg / "scn" / "ckpt") != files(base / "scn" / "ckpt")
+    assert (base / "maunet/ckpt/last/checkpoint").stat().st_mtime_ns == mtime
+    assert "input/flipped" in pd.read_csv(seg / "scn" / "log.csv").columns
+    assert len(df[df.setting == "r=1.0 noisy SCN"]) == 2 * 9
+    before = (copy / "settings.json").read_text()
+    bad = Setting("bad", ("maunet.pab=False",), mtn=True, ratio=1.0, maunet_from="r=1.0")
+    with pytest.raises(UserError, match="only in scn"):
+        run_experiment("table2_ratio", [bad], get_preset("tiny"), copy, tiny_phantom,
+                       catalogue=[*SETTINGS, bad])
+    assert (copy / "settings.json").read_text() == before and not (copy / "work/seg/bad").exists()
+
+
 def test_translation_figure_shows_each_volume_at_its_own_lv_level(tmp_path):
     """The source, synthetic and target panels are cut through each volume's own LV centre, in
     one orientation whatever the file's direction."""

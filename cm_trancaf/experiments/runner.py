@@ -67,6 +67,10 @@ class Setting:
     # ablation of inference-time switches: "SCN off" = the same MAUNet without its SCN; infer.*
     # overrides, e.g. infer.localizer_views=7)
     same_run_as: str | None = None
+    # train only the SCN, with this setting's scn.* overrides, on the localizer and MAUNet of the
+    # named setting's run (trained first if missing): a paired ablation of the SCN's training
+    # (the same MAUNet, another SCN); every other option must equal the named setting's
+    maunet_from: str | None = None
 
 
 def _key(items) -> str:
@@ -269,6 +273,12 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
         raise UserError(f"settings {needs_source} need source-domain cases (MTN, pooling or "
                         f"histogram matching); {data} ({cohort.layout}) has none: add them, or "
                         f"run the settings without them (--without-mtn)")
+    by_name = {s.name: s for s in [*(catalogue or []), *settings]}
+    for s in settings:
+        if s.same_run_as is not None and s.same_run_as not in by_name:
+            raise UserError(f"setting {s.name!r} evaluates the run of {s.same_run_as!r}, which "
+                            f"is not a setting of this experiment ({sorted(by_name)})")
+        _check_maunet_from(by_name[s.same_run_as] if s.same_run_as else s, by_name)
     _check_same_config(base, out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(base, out / "config.json")
@@ -292,11 +302,6 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
         return old[~old["setting"].isin(names)].to_dict("records")
     center_rows, iso_rows = kept_rows("centers.csv"), kept_rows("per_case_1mm.csv")
     anatomy_rows, anatomy_cases = kept_rows("anatomy.csv"), kept_rows("anatomy_per_case.csv")
-    by_name = {s.name: s for s in [*(catalogue or []), *settings]}
-    for s in settings:
-        if s.same_run_as is not None and s.same_run_as not in by_name:
-            raise UserError(f"setting {s.name!r} evaluates the run of {s.same_run_as!r}, which "
-                            f"is not a setting of this experiment ({sorted(by_name)})")
     for seed in range(seeds):
         for fold, (train_cases, test_cases) in enumerate(splits):
             for s in settings:
@@ -305,8 +310,15 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                 trained = by_name[s.same_run_as] if s.same_run_as else s
                 seg_dir = work / "seg" / trained.name / tag
                 if not (seg_dir / "done.json").exists():
+                    reuse = None
+                    if trained.maunet_from:             # its MAUNet's run first
+                        reuse = work / "seg" / trained.maunet_from / tag
+                        if not (reuse / "done.json").exists():
+                            _train_setting(by_name[trained.maunet_from], base, cohort, work, seed,
+                                           train_cases, test_cases, reuse,
+                                           _reference(by_name, work, tag))
                     _train_setting(trained, base, cohort, work, seed, train_cases, test_cases,
-                                   seg_dir, _reference(by_name, work, tag))
+                                   seg_dir, _reference(by_name, work, tag), reuse)
                 cfg = apply_overrides(base, list(s.overrides))
                 infer = [o for o in s.overrides if o.strip().startswith("infer.")]
                 case_rows, rows_1mm, centers = _evaluate_setting(
@@ -351,11 +363,33 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
     return df
 
 
+def _check_maunet_from(s: Setting, by_name: dict) -> None:
+    """A setting that trains only the SCN on another setting's MAUNet differs from it in scn.*
+    options alone (else its MAUNet would not be the one its options describe)."""
+    if s.maunet_from is None:
+        return
+    if s.maunet_from not in by_name or by_name[s.maunet_from].maunet_from \
+            or by_name[s.maunet_from].same_run_as:
+        raise UserError(f"setting {s.name!r} trains its SCN on the MAUNet of {s.maunet_from!r}, "
+                        f"which is not a fully trained setting of this experiment "
+                        f"({sorted(by_name)})")
+    other = by_name[s.maunet_from]
+    not_scn = lambda t: sorted(o for o in t.overrides if not o.strip().startswith("scn."))
+    differ = [f for f in ("mtn", "ratio", "mtn_overrides", "raw", "harmonize")
+              if getattr(s, f) != getattr(other, f)]
+    if not_scn(s) != not_scn(other) or differ or any(
+            o.replace(" ", "") == "scn.enabled=False" for o in s.overrides):
+        raise UserError(f"setting {s.name!r} trains its SCN on the MAUNet of {other.name!r}: it "
+                        f"may differ from it only in scn.* options (and keep the SCN on)")
+
+
 def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, train_cases,
-                   test_cases, seg_dir: Path, reference: Path | None = None) -> None:
+                   test_cases, seg_dir: Path, reference: Path | None = None,
+                   reuse: Path | None = None) -> None:
     """Train the cascade of setting ``s`` (seed, fold's training cases) into ``seg_dir``; the
     fold's test cases are only named so that no training (the MTN's included) reads them.
-    ``reference``: a cascade of real target cases alone, for the MTN's anatomy log."""
+    ``reference``: a cascade of real target cases alone, for the MTN's anatomy log. ``reuse``:
+    a finished run whose localizer and MAUNet are copied, so that only the SCN trains."""
     from ..train.seg import STAGES, train_segmentation  # TensorFlow (see _generated)
     t0 = time.time()
     cfg = apply_overrides(base, [*s.overrides, f"run.seed={seed}",
@@ -368,7 +402,12 @@ def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, trai
     # augmentation and run options agree share one localizer run (paired, and trained once)
     shared = work / "localizer" / _key([_localizer_inputs(cfg), [c.case_id for c in train_cases]])
     stages = STAGES
-    if (shared / "done.json").exists():
+    if reuse is not None:
+        for stage in ("localizer", "maunet"):
+            shutil.rmtree(seg_dir / stage, ignore_errors=True)
+            shutil.copytree(reuse / stage, seg_dir / stage)
+        stages = ("scn",)
+    elif (shared / "done.json").exists():
         shutil.rmtree(seg_dir / "localizer", ignore_errors=True)
         shutil.copytree(shared / "localizer", seg_dir / "localizer")
         stages = ("maunet", "scn")
@@ -378,8 +417,9 @@ def _train_setting(s: Setting, base, cohort: Cohort, work: Path, seed: int, trai
         with atomic_dir(shared) as tmp:
             shutil.copytree(seg_dir / "localizer", Path(tmp) / "localizer")
             atomic_write_text(Path(tmp) / "done.json", json.dumps({"trained_by": s.name}))
-    atomic_write_text(seg_dir / "done.json", json.dumps({"seconds": time.time() - t0,
-                                                         "localizer": str(shared)}))
+    atomic_write_text(seg_dir / "done.json", json.dumps(
+        {"seconds": time.time() - t0, "localizer": str(reuse or shared),
+         **({"maunet_from": str(reuse)} if reuse is not None else {})}))
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

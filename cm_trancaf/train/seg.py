@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..checkpoint import restore
-from ..config import ExperimentConfig, save_config
+from ..config import ExperimentConfig, SCNConfig, save_config
 from ..data.datasets import Case, LabelSet, find_cases, generated_cases, get_labelset, load_case
 from ..data.pipeline import localizer_dataset, roi_dataset
 from ..data.preprocess import Prepared, crop, foreground_center, prepare
@@ -37,7 +37,7 @@ from .loop import Run, train_loop
 from .scale import distribute, get_strategy, make_optimizer, make_step
 
 __all__ = ["prepare_cases", "split_cases", "pick_generated", "train_localizer", "train_maunet",
-           "train_scn", "train_segmentation", "lr_schedule"]
+           "corrupt_probs", "train_scn", "train_segmentation", "lr_schedule"]
 
 STAGES = ("localizer", "maunet", "scn")
 
@@ -184,6 +184,30 @@ def train_maunet(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepare
     return train_loop(run, batches, step)
 
 
+def corrupt_probs(probs, scn: SCNConfig, seed):
+    """SCN training inputs with errors in blobs, like a MAUNet's outputs on unseen cases (beyond
+    the paper, ``scn.input_noise``; README "Choices"). probs (B, D, H, W, K) -> same shape:
+    softmax(log max(p, floor) + sigma * n), n ~ N(0, 1) on a grid ``input_noise_cell`` voxels
+    coarse, per class, upsampled (nearest) and box-filtered, rescaled to unit std. A confident
+    voxel (log-gap to the floor: log(1 / floor)) flips where its class' noise is that much under
+    another's; uncertain (boundary) voxels flip more easily. ``seed``: a stateless seed (2,)
+    (the step and the run's seed, so a resumed run draws the same noise)."""
+    if scn.input_floor <= 0 or scn.input_noise_cell < 1:
+        raise UserError(f"scn.input_floor must be > 0 and scn.input_noise_cell >= 1, got "
+                        f"{scn.input_floor}, {scn.input_noise_cell}")
+    c = scn.input_noise_cell
+    shape = tf.shape(probs)
+    coarse = tf.concat([shape[:1], (shape[1:4] + c - 1) // c, shape[4:]], 0)
+    n = tf.random.stateless_normal(coarse, seed, dtype=probs.dtype)     # (B, D/c, H/c, W/c, K)
+    for axis in (1, 2, 3):
+        n = tf.repeat(n, c, axis=axis)
+    n = n[:, :shape[1], :shape[2], :shape[3]]                           # (B, D, H, W, K)
+    n = tf.nn.avg_pool3d(n, ksize=c, strides=1, padding="SAME")
+    n = n / (tf.math.reduce_std(n) + 1e-6)
+    logits = tf.math.log(tf.maximum(probs, tf.cast(scn.input_floor, probs.dtype)))
+    return tf.nn.softmax(logits + tf.cast(scn.input_noise, probs.dtype) * n, axis=-1)
+
+
 def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Prepared],
               run_dir: Path, num_classes: int, weights=None) -> dict:
     """SCN on top of the MAUNet output; MAUNet frozen (default) or fine-tuned jointly. ``maunet``
@@ -201,8 +225,17 @@ def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Pr
         probs = maunet(x, training=joint)
         if not joint:
             probs = tf.stop_gradient(probs)
+        logs = {}
+        if cfg.scn.input_noise > 0:
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            seed = tf.stack([tf.cast(cfg.run.seed, tf.int64) * 1000 + tf.cast(replica, tf.int64),
+                             tf.cast(opt.iterations, tf.int64)])
+            clean = probs
+            probs = corrupt_probs(probs, cfg.scn, seed)
+            logs["input/flipped"] = tf.reduce_mean(tf.cast(
+                tf.argmax(probs, -1) != tf.argmax(clean, -1), tf.float32))
         loss = dice_focal(y, scn(probs, x, training=True), t.lambda_focal, t.focal_gamma)
-        return loss, {"loss/dice_focal": loss}
+        return loss, {"loss/dice_focal": loss, **logs}
 
     step = make_step(strategy, loss_fn, variables, opt, cfg.run.jit_compile)
     batches = lambda start: distribute(strategy, roi_dataset(
