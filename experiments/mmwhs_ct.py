@@ -8,6 +8,8 @@ stored at 1 mm, the grid on which the MM-WHS challenge evaluated, so "native" is
     python experiments/mmwhs_ct.py --data /data/MM-WHS --preset paper --folds 4 --seeds 3
     python experiments/mmwhs_ct.py --data ../shared/data/mmwhs_ct --dev 4 \
         --set data.antialias=True --run cpu_antialias_dev  # choose: fold 0's training cases
+    python experiments/mmwhs_ct.py --data ../shared/data/mmwhs_ct --dev 4 --only "SCN retrained" \
+        --only "SCN retrained, noisy inputs 1.0"           # SCN-only candidates on cpu_dev's MAUNet
 Results: results/mmwhs_ct/<preset>/{per_case.csv, centers.csv, summary.csv, table.md}.
 """
 import sys
@@ -15,15 +17,15 @@ import sys
 from cm_trancaf.experiments import Setting, main
 
 SETTINGS = [Setting("MAUNet + SCN"),
-            Setting("MAUNet (SCN off)", ("scn.enabled=False",), same_run_as="MAUNet + SCN"),
-            # beyond the paper: the SCN alone retrained on the same MAUNet, its inputs corrupted
-            # by smooth noise (scn.input_noise, README "Choices"), and without (the control: the
-            # SCN's own seed spread); candidates for `cpu`, compared on development cases
-            Setting("SCN retrained", maunet_from="MAUNet + SCN"),
-            Setting("SCN retrained, noisy inputs 1.0", ("scn.input_noise=1.0",),
-                    maunet_from="MAUNet + SCN"),
-            Setting("SCN retrained, noisy inputs 1.5", ("scn.input_noise=1.5",),
-                    maunet_from="MAUNet + SCN")]
+            Setting("MAUNet (SCN off)", ("scn.enabled=False",), same_run_as="MAUNet + SCN")]
+# Run only with --only (development candidates, not adopted; README "Choosing `cpu` settings"):
+# the SCN alone retrained on the same MAUNet, its inputs corrupted by smooth noise
+# (scn.input_noise, beyond the paper), and without (the control: the SCN's own seed spread).
+CANDIDATES = [Setting("SCN retrained", maunet_from="MAUNet + SCN"),
+              Setting("SCN retrained, noisy inputs 1.0", ("scn.input_noise=1.0",),
+                      maunet_from="MAUNet + SCN"),
+              Setting("SCN retrained, noisy inputs 1.5", ("scn.input_noise=1.5",),
+                      maunet_from="MAUNet + SCN")]
 # Payer et al. 2017 (STACOM, MM-WHS): 3-fold CV on the 20 CT training volumes, mean Dice over the
 # 7 structures; the CM-TranCaF paper: MM-WHS CT test set (40 volumes), mean Dice and HD.
 PUBLISHED = {"Payer et al. 2017, 3-fold CV on MM-WHS CT training": {"WHS_mean dice": 88.9},
@@ -34,4 +36,4 @@ NOTE = ("Published rows: other splits (Payer: 20 training volumes, 3 folds; the 
 
 if __name__ == "__main__":
     sys.exit(main("mmwhs_ct", SETTINGS, sys.argv[1:], __doc__, PUBLISHED, note=NOTE,
-                  default_folds=4))
+                  default_folds=4, candidates=CANDIDATES))

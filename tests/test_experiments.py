@@ -390,3 +390,22 @@ def test_table_speaks_of_published_rows_only_where_there_are_some():
     with_row = markdown_table(summary, ["a"], {"paper": {"WHS_mean dice": 91.1}})
     assert "| paper |" in with_row and "Published rows" in with_row
     assert markdown_table(summary, ["a"], {"paper": {}}, note="N.").endswith("Dice. N.")
+
+
+def test_candidate_settings_run_only_when_named(monkeypatch, capsys):
+    """A script's development candidates (``main(..., candidates=...)``) stay out of a plain run
+    (its cost is what its table needs) and run when named with --only; a name that is no
+    setting is one error line, even beside a valid one."""
+    import cm_trancaf.experiments.command as command
+    seen = []
+    monkeypatch.setattr(command, "run_experiment", lambda name, chosen, *a, **k: seen.append(
+        [s.name for s in chosen]))
+    settings, candidates = [Setting("a"), Setting("b")], [Setting("c", maunet_from="a")]
+    assert command.main("x", settings, ["--preset", "tiny"], candidates=candidates) == 0
+    assert command.main("x", settings, ["--preset", "tiny", "--only", "c", "--only", "a"],
+                        candidates=candidates) == 0
+    assert seen == [["a", "b"], ["a", "c"]]
+    assert command.main("x", settings, ["--preset", "tiny", "--only", "a", "--only", "d"],
+                        candidates=candidates) == 2
+    err = capsys.readouterr().err
+    assert "'d'" in err or "no such setting" in err

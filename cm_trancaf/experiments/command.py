@@ -26,8 +26,10 @@ CROSS_DATASETS = ("mmwhs", "mscmrseg")
 
 def main(name: str, settings: list[Setting], argv=None, doc: str = "",
          published: dict | None = None, dataset: str = "mmwhs", note: str | None = None,
-         default_folds: int | None = None) -> int:
+         default_folds: int | None = None, candidates: list[Setting] | None = None) -> int:
     """Command line shared by ``experiments/*.py``; ``dataset`` picks the cohort and its options.
+    ``candidates``: settings that run only when named with ``--only`` (e.g. options measured on
+    development cases and not adopted), so that a plain run costs what its table needs.
 
     The paper's tables (``dataset="mmwhs"``) also run on MS-CMRSeg's real bSSFP -> LGE pair with
     ``--dataset mscmrseg`` (the cohort of ``experiments/mscmrseg_lge.py``); their results then go
@@ -94,12 +96,15 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
         fixed = [f"data.labels={labels}", "data.modality=mr"] if labels else []
         preset = args.preset or ("cmr_cpu" if not mmwhs else "cpu" if args.data else "demo")
         base = apply_overrides(get_preset(preset), fixed + args.overrides)
-        catalogue = settings
+        catalogue = [*settings, *(candidates or [])]
         if getattr(args, "without_mtn", False):
-            catalogue = [replace(s, mtn=False, ratio=0.0, mtn_overrides=()) for s in settings]
-        chosen = [s for s in catalogue if not args.only or s.name in args.only]
-        if not chosen:
-            raise UserError(f"--only {args.only}: no such setting; have {[s.name for s in settings]}")
+            catalogue = [replace(s, mtn=False, ratio=0.0, mtn_overrides=()) for s in catalogue]
+        default = {s.name for s in settings}
+        chosen = [s for s in catalogue if s.name in args.only] if args.only else \
+            [s for s in catalogue if s.name in default]
+        if not chosen or len(chosen) < len(set(args.only or [])):
+            raise UserError(f"--only {args.only}: no such setting; have "
+                            f"{[s.name for s in catalogue]}")
         cohort, folds = None, 0
         if dataset == "mscmrseg":
             cohort = mscmrseg_cohort(Path(args.data), args.n_train, args.n_unlabelled,
