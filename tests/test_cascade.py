@@ -457,7 +457,8 @@ def test_scn_input_noise_flips_blobs_of_confident_voxels_and_is_seeded():
     assert neighbour_flipped > 2 * f.mean()
     other = corrupt_probs(probs, dataclasses.replace(scn, input_noise=3.0),
                           tf.constant([0, 6], tf.int64)).numpy()
-    assert (other.argmax(-1) != labels).any() and not np.array_equal(other.argmax(-1) != labels, f[None])
+    other_flipped = other.argmax(-1) != labels
+    assert other_flipped.any() and not np.array_equal(other_flipped, f[None])
 
 
 def test_scn_retrained_with_input_noise_on_a_trained_maunet(seg_run, tiny_phantom, tmp_path):
