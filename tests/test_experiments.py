@@ -172,6 +172,29 @@ def test_dev_split_tests_training_cases_only_and_drops_the_test_cases():
         dev_cohort(cohort, 11)
 
 
+def test_first_seed_runs_only_the_seeds_asked_for(results, tiny_phantom, tmp_path, capsys):
+    """``first_seed``: another seed for a run whose seed 0 lives elsewhere. Only seed 1 is
+    trained (its cascade's run.seed is 1, its weights differ from seed 0's) and reported; a
+    negative first seed is one error line."""
+    import shutil
+    import cm_trancaf.experiments.command as command
+    _, run, _ = results
+    copy = tmp_path / "tiny"
+    shutil.copytree(run, copy)
+    df = run_experiment("table2_ratio", SETTINGS[:1], get_preset("tiny"), copy, tiny_phantom,
+                        first_seed=1)
+    mine = df[df.setting == "r=0.0"]
+    assert set(mine["seed"]) == {1} and len(mine) == 2 * 9
+    seg = copy / "work/seg/r=0.0"
+    assert json.loads((seg / "s1_f0/config.json").read_text())["run"]["seed"] == 1
+    weights = lambda d: {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*.data-*"))}
+    assert weights(seg / "s1_f0/maunet/ckpt") != weights(seg / "s0_f0/maunet/ckpt") != {}
+    assert json.loads((copy / "settings.json").read_text())["first_seed"] == 1
+    argv = ["--preset", "tiny", "--first-seed", "-1", "--out", str(tmp_path)]
+    assert command.main("x", [Setting("a")], argv) == 2
+    assert "--first-seed -1" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_dev_split_of_a_cross_validation_reads_no_case_of_the_first_folds_test():
     """In a k-fold CV every case is tested somewhere: the dev split comes from the first fold's
     training cases alone, and that fold's test cases are read by nothing (MTN included)."""
@@ -195,7 +218,7 @@ def test_dev_flag_on_mmwhs_layout_tests_training_cases_only(tiny_phantom, tmp_pa
     seen = {}
     monkeypatch.setattr(command, "run_experiment",
                         lambda name, chosen, base, out, data, seeds, folds, published, cohort,
-                        note, catalogue: seen.update(out=out, cohort=cohort))
+                        note, catalogue, **k: seen.update(out=out, cohort=cohort))
     argv = ["--data", str(tiny_phantom), "--folds", "0", "--preset", "tiny", "--out",
             str(tmp_path), "--dev", "1"]
     assert command.main("t", [Setting("a")], argv) == 0

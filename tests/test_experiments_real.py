@@ -225,7 +225,7 @@ def test_dev_flag_tests_training_patients_and_names_the_run(tiny_acdc, tmp_path,
     seen = {}
     monkeypatch.setattr(command, "run_experiment",
                         lambda name, chosen, base, out, data, seeds, folds, published, cohort,
-                        note, catalogue: seen.update(out=out, cohort=cohort))
+                        note, catalogue, **k: seen.update(out=out, cohort=cohort))
     argv = ["--data", str(tiny_acdc), "--preset", "tiny", "--n-test", "2", "--out", str(tmp_path)]
     assert command.main("acdc", [Setting("a")], argv + ["--dev", "1"], dataset="acdc") == 0
     (train, dev), = seen["cohort"].splits
@@ -244,7 +244,7 @@ def test_paper_table_runs_on_the_mscmrseg_pair(tiny_mscmrseg, tmp_path, monkeypa
     seen = {}
     monkeypatch.setattr(command, "run_experiment",
                         lambda name, chosen, base, out, data, seeds, folds, published, cohort,
-                        note, catalogue: seen.update(name=name, base=base, out=out, folds=folds,
+                        note, catalogue, **k: seen.update(name=name, base=base, out=out, folds=folds,
                                                      published=published, cohort=cohort, note=note))
     settings = [Setting("r=0.0"), Setting("r=0.5", mtn=True, ratio=0.5)]
     doc = "Table 2: ratio sweep (paper: best at r = 0.5).\n\nmore"

@@ -84,6 +84,10 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
                    help="seed of the patient split" + (" (with --dev: of the dev draw; the "
                                                        "folds keep seed 0)" if mmwhs else ""))
     p.add_argument("--seeds", type=int, default=1, help="seeds per setting (mean +- std over all)")
+    p.add_argument("--first-seed", type=int, default=0, metavar="K",
+                   help="run seeds K ... K + seeds - 1 (e.g. another seed for a run whose "
+                        "seed 0 is elsewhere); a re-run with --only replaces the named "
+                        "settings' rows")
     p.add_argument("--only", action="append", help="run only these settings (repeatable)")
     p.add_argument("--out", default="results", help="results root")
     p.add_argument("--run", help="run name (default: the preset)")
@@ -105,6 +109,9 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
         if not chosen or len(chosen) < len(set(args.only or [])):
             raise UserError(f"--only {args.only}: no such setting; have "
                             f"{[s.name for s in catalogue]}")
+        if args.seeds < 1 or args.first_seed < 0:
+            raise UserError(f"--seeds {args.seeds} --first-seed {args.first_seed}: need at least "
+                            f"one seed and a first seed >= 0")
         cohort, folds = None, 0
         if dataset == "mscmrseg":
             cohort = mscmrseg_cohort(Path(args.data), args.n_train, args.n_unlabelled,
@@ -124,6 +131,6 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
             + ("_dev" if args.dev else "")
         run_experiment(name, chosen, base, Path(args.out) / name / run,
                        Path(args.data) if args.data else None, args.seeds, folds, published,
-                       cohort, note, catalogue)
+                       cohort, note, catalogue, first_seed=args.first_seed)
         return 0
     return run_guarded(script, go)

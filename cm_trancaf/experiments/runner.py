@@ -251,8 +251,9 @@ def _evaluate_setting(seg_dir: Path, test_cases, pred_dir: Path, labelset,
 def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Path | None = None,
                    seeds: int = 1, folds: int = 0, published: dict | None = None,
                    cohort: Cohort | None = None, note: str | None = None,
-                   catalogue: list[Setting] | None = None) -> pd.DataFrame:
+                   catalogue: list[Setting] | None = None, first_seed: int = 0) -> pd.DataFrame:
     """Run every setting x seed x fold; write the results folder; return the per-case rows.
+    The seeds are ``first_seed`` ... ``first_seed + seeds - 1`` (``run.seed`` of each cascade).
 
     ``cohort`` gives the cases (MS-CMRSeg, ACDC, ...); without it, the MM-WHS layout at ``data``
     (default: the built-in phantom) with ``folds``. ``catalogue``: every setting of the
@@ -291,7 +292,8 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
         known = [s for s in json.loads((out / "settings.json").read_text())["settings"]
                  if s["name"] not in names and s["name"] in set(old["setting"])] + known
     atomic_write_text(out / "settings.json", json.dumps(
-        {"experiment": name, "data": str(data), "seeds": seeds, "folds": folds,
+        {"experiment": name, "data": str(data), "seeds": seeds, "first_seed": first_seed,
+         "folds": folds,
          "settings": known, "cohort": cohort.describe()}, indent=2))
     rows = list(kept)
 
@@ -302,7 +304,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
         return old[~old["setting"].isin(names)].to_dict("records")
     center_rows, iso_rows = kept_rows("centers.csv"), kept_rows("per_case_1mm.csv")
     anatomy_rows, anatomy_cases = kept_rows("anatomy.csv"), kept_rows("anatomy_per_case.csv")
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         for fold, (train_cases, test_cases) in enumerate(splits):
             for s in settings:
                 t0 = time.time()
@@ -341,7 +343,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
             scores, cases = _anatomy(base, settings, by_name, cohort, work, seed, fold,
                                      test_cases, rows, labelset)
             anatomy_rows, anatomy_cases = anatomy_rows + scores, anatomy_cases + cases
-            if seed == 0 and fold == 0:
+            if seed == first_seed and fold == 0:
                 _translation_figures(base, settings, cohort, work, seed, train_cases, test_cases,
                                      labelset, out / "figures")
             if anatomy_rows:
