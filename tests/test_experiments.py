@@ -193,6 +193,9 @@ def test_first_seed_runs_only_the_seeds_asked_for(results, tiny_phantom, tmp_pat
     argv = ["--preset", "tiny", "--first-seed", "-1", "--out", str(tmp_path)]
     assert command.main("x", [Setting("a")], argv) == 2
     assert "--first-seed -1" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    with pytest.raises(UserError, match="--seeds 0"):      # a notebook's call: the same check
+        run_experiment("x", [Setting("a")], get_preset("tiny"), tmp_path / "y", seeds=0)
+    assert not (tmp_path / "y").exists()
 
 
 def test_dev_split_of_a_cross_validation_reads_no_case_of_the_first_folds_test():

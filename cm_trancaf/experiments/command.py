@@ -109,9 +109,6 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
         if not chosen or len(chosen) < len(set(args.only or [])):
             raise UserError(f"--only {args.only}: no such setting; have "
                             f"{[s.name for s in catalogue]}")
-        if args.seeds < 1 or args.first_seed < 0:
-            raise UserError(f"--seeds {args.seeds} --first-seed {args.first_seed}: need at least "
-                            f"one seed and a first seed >= 0")
         cohort, folds = None, 0
         if dataset == "mscmrseg":
             cohort = mscmrseg_cohort(Path(args.data), args.n_train, args.n_unlabelled,

@@ -258,6 +258,9 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
     ``cohort`` gives the cases (MS-CMRSeg, ACDC, ...); without it, the MM-WHS layout at ``data``
     (default: the built-in phantom) with ``folds``. ``catalogue``: every setting of the
     experiment, where a setting's ``same_run_as`` is looked up (default: ``settings``)."""
+    if seeds < 1 or first_seed < 0:                     # before anything is written
+        raise UserError(f"--seeds {seeds} --first-seed {first_seed}: need at least one seed and "
+                        f"a first seed >= 0")
     out = Path(out)
     work = out / "work"
     if cohort is None:
