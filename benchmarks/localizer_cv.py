@@ -83,18 +83,21 @@ def main(argv=None) -> int:
     variants = [("baseline", [])] + [parse_variant(v) for v in args.variant]
     inference = [("preset", [])] + [parse_variant(v) for v in args.infer]
 
+    from cm_trancaf.cli import runtime_starter
+    from cm_trancaf.config import apply_overrides, get_preset
     from cm_trancaf.utils import import_tensorflow_quietly
-    import_tensorflow_quietly(False)
+    fixed = [] if args.dataset == "mmwhs" else [f"data.labels={args.dataset}", "data.modality=mr"]
+    # run.deterministic sets one inter-op thread: before the runtime starts
+    import_tensorflow_quietly(False, runtime_starter(apply_overrides(get_preset(args.preset),
+                                                                     fixed).run))
     import keras
     from cm_trancaf.checkpoint import restore
-    from cm_trancaf.config import apply_overrides, get_preset
     from cm_trancaf.data.datasets import get_labelset
     from cm_trancaf.inference import center_errors_mm
     from cm_trancaf.models.localizer import build_localizer
     from cm_trancaf.train.seg import prepare_cases, train_localizer
     from cm_trancaf.utils import atomic_path
 
-    fixed = [] if args.dataset == "mmwhs" else [f"data.labels={args.dataset}", "data.modality=mr"]
     splits = dev_splits(args.dataset, Path(args.data), args.folds, args.split_seed, args.n_test,
                         args.outer_folds, apply_overrides(get_preset(args.preset), fixed))
     rows, prepared = [], {}

@@ -48,9 +48,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="new MTN run folder")
     args = p.parse_args(argv)
 
-    from cm_trancaf.cli import run_guarded
+    from cm_trancaf.cli import run_guarded, runtime_starter
+    from cm_trancaf.config import ConfigError, apply_overrides, get_preset
     from cm_trancaf.utils import import_tensorflow_quietly
-    import_tensorflow_quietly(False)
+    try:                  # run.deterministic sets one inter-op thread: before the runtime starts
+        start = runtime_starter(apply_overrides(get_preset(args.preset), args.overrides).run)
+    except ConfigError:   # reported by run() below
+        start = None
+    import_tensorflow_quietly(False, start)
 
     def run() -> int:
         from cm_trancaf.config import apply_overrides, get_preset

@@ -53,6 +53,7 @@ def oracle_lut(mris: list[np.ndarray], cts: list[np.ndarray], bins: int = 64):
 
 
 def main(argv=None) -> int:
+    from cm_trancaf.cli import runtime_starter
     from cm_trancaf.config import apply_overrides, get_preset
     from cm_trancaf.data import phantom
     from cm_trancaf.data.preprocess import prepare
@@ -74,7 +75,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     run = Path(args.run) if args.run else out / "mtn_run"
     if args.train:
-        train_mtn(apply_overrides(get_preset(args.preset), args.overrides), args.data, run)
+        cfg = apply_overrides(get_preset(args.preset), args.overrides)
+        runtime_starter(cfg.run)()           # run.deterministic: one inter-op thread, set first
+        train_mtn(cfg, args.data, run)
     cfg, meta, g_c = load_generator(run)
     pairs = []
     for i in range(args.cases):

@@ -29,7 +29,7 @@ from .utils import UserError, import_tensorflow_quietly
 # The stages that need TensorFlow (train-*, translate, predict, export, demo) are imported inside
 # their command, after ``main`` has muted TensorFlow's start-up lines (and ``--help`` stays fast).
 
-__all__ = ["main", "build_parser", "run_guarded"]
+__all__ = ["main", "build_parser", "run_guarded", "runtime_starter"]
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str = "cpu") -> None:
@@ -279,32 +279,25 @@ def run_guarded(command: str, fn) -> int:
 
 
 def _runtime_start(args):
-    """What starts TensorFlow's runtime for this command, from its config: with
-    ``run.deterministic`` one inter-op thread first (fixed at start-up, ``use_determinism``); the
-    multiworker strategy when the config asks for it (collective ops are configured at start-up);
-    else None (list the devices). A bad config is left for the command itself to report."""
+    """What starts TensorFlow's runtime for this command, from its config
+    (``train.scale.runtime_start``: one inter-op thread first with ``run.deterministic``, the
+    multiworker strategy when asked for); None (list the devices) when the command has no config.
+    A bad config is left for the command itself to report."""
     if not hasattr(args, "overrides"):
         return None
     try:
-        run = _config(args).run
+        return runtime_starter(_config(args).run)
     except (UserError, ConfigError):
         return None
-    if run.strategy != "multiworker" and not run.deterministic:
-        return None
 
+
+def runtime_starter(run):
+    """``start()`` for ``import_tensorflow_quietly``: TensorFlow's runtime started as ``run``
+    (a RunConfig) needs; imports TensorFlow only when called."""
     def start():
         import tensorflow as tf
-        from .train.loop import use_determinism
-        from .train.scale import get_strategy
-        if run.deterministic:
-            use_determinism()
-        if run.strategy != "multiworker":
-            tf.config.list_logical_devices()
-            return
-        try:
-            get_strategy("multiworker")
-        except UserError:                          # no TF_CONFIG: the command says so
-            pass
+        from .train.scale import runtime_start
+        (runtime_start(run.strategy, run.deterministic) or tf.config.list_logical_devices)()
     return start
 
 

@@ -198,6 +198,36 @@ def test_first_seed_runs_only_the_seeds_asked_for(results, tiny_phantom, tmp_pat
     assert not (tmp_path / "y").exists()
 
 
+STARTS = """
+import sys, warnings
+import tensorflow as tf
+import cm_trancaf.experiments.command as command
+from cm_trancaf.experiments import Setting
+from cm_trancaf.train.loop import use_determinism
+
+def runner(*args, **kwargs):                # what a training stage finds when it starts
+    threads = tf.config.threading.get_inter_op_parallelism_threads()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # set too late, use_determinism would warn
+        print("inter-op threads", threads, "deterministic", use_determinism() if threads else None)
+command.run_experiment = runner
+sys.exit(command.main("t", [Setting("a")], sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["--set", "run.deterministic=True"], "inter-op threads 1 deterministic True"),
+    ([], "inter-op threads 0 deterministic None")])
+def test_experiment_starts_tensorflow_as_its_config_asks(overrides, expected, tmp_path):
+    """``run.deterministic`` needs one inter-op thread before TensorFlow's runtime starts: an
+    experiment script sets it up front, so its training stages get it instead of warning that it
+    came too late (as they did before); without it the runtime starts as TensorFlow's default."""
+    r = subprocess.run([sys.executable, "-c", STARTS, "--preset", "cpu", "--out", str(tmp_path)]
+                       + overrides, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert expected in r.stdout
+
+
 def test_dev_split_of_a_cross_validation_reads_no_case_of_the_first_folds_test():
     """In a k-fold CV every case is tested somewhere: the dev split comes from the first fold's
     training cases alone, and that fold's test cases are read by nothing (MTN included)."""

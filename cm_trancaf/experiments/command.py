@@ -5,8 +5,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from ..cli import run_guarded
-from ..config import apply_overrides, get_preset
+from ..cli import run_guarded, runtime_starter
+from ..config import ConfigError, apply_overrides, get_preset
 from ..utils import UserError, import_tensorflow_quietly
 from .cohorts import acdc_cohort, dev_cohort, mmwhs_cohort, mscmrseg_cohort
 from .runner import Setting, run_experiment
@@ -93,13 +93,10 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
     p.add_argument("--run", help="run name (default: the preset)")
     p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log lines")
     args = p.parse_args(argv)
-    import_tensorflow_quietly(args.verbose)
+    import_tensorflow_quietly(args.verbose, _runtime_start(args, dataset, mmwhs))
 
     def go():
-        labels = DATASETS[dataset][1]
-        fixed = [f"data.labels={labels}", "data.modality=mr"] if labels else []
-        preset = args.preset or ("cmr_cpu" if not mmwhs else "cpu" if args.data else "demo")
-        base = apply_overrides(get_preset(preset), fixed + args.overrides)
+        preset, base = _base_config(args, dataset, mmwhs)
         catalogue = [*settings, *(candidates or [])]
         if getattr(args, "without_mtn", False):
             catalogue = [replace(s, mtn=False, ratio=0.0, mtn_overrides=()) for s in catalogue]
@@ -131,3 +128,21 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
                        cohort, note, catalogue, first_seed=args.first_seed)
         return 0
     return run_guarded(script, go)
+
+
+def _base_config(args, dataset: str, mmwhs: bool):
+    """(preset name, its config with the data set's fixed options and ``--set``)."""
+    labels = DATASETS[dataset][1]
+    fixed = [f"data.labels={labels}", "data.modality=mr"] if labels else []
+    preset = args.preset or ("cmr_cpu" if not mmwhs else "cpu" if args.data else "demo")
+    return preset, apply_overrides(get_preset(preset), fixed + args.overrides)
+
+
+def _runtime_start(args, dataset: str, mmwhs: bool):
+    """Start TensorFlow's runtime as the experiment's ``run.*`` settings need (one inter-op thread
+    with ``run.deterministic``, fixed at start-up: set later, every stage would warn and run
+    without it). A bad config is left for the experiment itself to report."""
+    try:
+        return runtime_starter(_base_config(args, dataset, mmwhs)[1].run)
+    except (UserError, ConfigError):
+        return None

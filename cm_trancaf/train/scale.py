@@ -26,9 +26,10 @@ import keras
 import tensorflow as tf
 
 from ..utils import UserError
-from .loop import apply_if_finite
+from .loop import apply_if_finite, use_determinism
 
-__all__ = ["STRATEGIES", "get_strategy", "make_optimizer", "make_step", "scatter", "distribute"]
+__all__ = ["STRATEGIES", "get_strategy", "runtime_start", "make_optimizer", "make_step", "scatter",
+           "distribute"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 _CACHE: dict[str, tf.distribute.Strategy] = {}
@@ -52,6 +53,27 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
                                 "(see README, 'Several GPUs and machines')")
             _CACHE[name] = tf.distribute.MultiWorkerMirroredStrategy()
     return _CACHE[name]
+
+
+def runtime_start(strategy: str, deterministic: bool) -> Callable[[], None] | None:
+    """What must start TensorFlow's runtime for a process that trains with these ``run.*``
+    settings (``import_tensorflow_quietly(start=...)``), or None when nothing needs to come
+    first. Both are fixed at start-up: ``run.deterministic`` wants one inter-op thread
+    (:func:`use_determinism`), and the multiworker strategy configures collective ops."""
+    if strategy != "multiworker" and not deterministic:
+        return None
+
+    def start():
+        if deterministic:
+            use_determinism()
+        if strategy != "multiworker":
+            tf.config.list_logical_devices()
+            return
+        try:
+            get_strategy("multiworker")
+        except UserError:                          # no TF_CONFIG: the command says so
+            pass
+    return start
 
 
 def make_optimizer(optimizer, precision: str):
