@@ -88,8 +88,8 @@ def main(argv=None) -> int:
     from cm_trancaf.utils import import_tensorflow_quietly
     fixed = [] if args.dataset == "mmwhs" else [f"data.labels={args.dataset}", "data.modality=mr"]
     # run.deterministic sets one inter-op thread: before the runtime starts
-    import_tensorflow_quietly(False, runtime_starter(apply_overrides(get_preset(args.preset),
-                                                                     fixed).run))
+    base = apply_overrides(get_preset(args.preset), fixed)
+    import_tensorflow_quietly(False, runtime_starter(base.run))
     import keras
     from cm_trancaf.checkpoint import restore
     from cm_trancaf.data.datasets import get_labelset
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     from cm_trancaf.utils import atomic_path
 
     splits = dev_splits(args.dataset, Path(args.data), args.folds, args.split_seed, args.n_test,
-                        args.outer_folds, apply_overrides(get_preset(args.preset), fixed))
+                        args.outer_folds, base)
     rows, prepared = [], {}
     for name, overrides in variants:
         cfg = apply_overrides(get_preset(args.preset), fixed + overrides)

@@ -58,7 +58,6 @@ def main(argv=None) -> int:
     import_tensorflow_quietly(False, start)
 
     def run() -> int:
-        from cm_trancaf.config import apply_overrides, get_preset
         from cm_trancaf.train.mtn import train_mtn
         from cm_trancaf.utils import UserError
         out = Path(args.out)

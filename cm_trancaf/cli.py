@@ -280,7 +280,7 @@ def run_guarded(command: str, fn) -> int:
 
 def _runtime_start(args):
     """What starts TensorFlow's runtime for this command, from its config
-    (``train.scale.runtime_start``: one inter-op thread first with ``run.deterministic``, the
+    (``train.scale.start_runtime``: one inter-op thread first with ``run.deterministic``, the
     multiworker strategy when asked for); None (list the devices) when the command has no config.
     A bad config is left for the command itself to report."""
     if not hasattr(args, "overrides"):
@@ -295,9 +295,8 @@ def runtime_starter(run):
     """``start()`` for ``import_tensorflow_quietly``: TensorFlow's runtime started as ``run``
     (a RunConfig) needs; imports TensorFlow only when called."""
     def start():
-        import tensorflow as tf
-        from .train.scale import runtime_start
-        (runtime_start(run.strategy, run.deterministic) or tf.config.list_logical_devices)()
+        from .train.scale import start_runtime
+        start_runtime(run.strategy, run.deterministic)
     return start
 
 

@@ -28,7 +28,7 @@ import tensorflow as tf
 from ..utils import UserError
 from .loop import apply_if_finite, use_determinism
 
-__all__ = ["STRATEGIES", "get_strategy", "runtime_start", "make_optimizer", "make_step", "scatter",
+__all__ = ["STRATEGIES", "get_strategy", "start_runtime", "make_optimizer", "make_step", "scatter",
            "distribute"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -55,25 +55,20 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
     return _CACHE[name]
 
 
-def runtime_start(strategy: str, deterministic: bool) -> Callable[[], None] | None:
-    """What must start TensorFlow's runtime for a process that trains with these ``run.*``
-    settings (``import_tensorflow_quietly(start=...)``), or None when nothing needs to come
-    first. Both are fixed at start-up: ``run.deterministic`` wants one inter-op thread
-    (:func:`use_determinism`), and the multiworker strategy configures collective ops."""
-    if strategy != "multiworker" and not deterministic:
-        return None
-
-    def start():
-        if deterministic:
-            use_determinism()
-        if strategy != "multiworker":
-            tf.config.list_logical_devices()
-            return
-        try:
-            get_strategy("multiworker")
-        except UserError:                          # no TF_CONFIG: the command says so
-            pass
-    return start
+def start_runtime(strategy: str, deterministic: bool) -> None:
+    """Start TensorFlow's runtime as a process that trains with these ``run.*`` settings needs
+    (``import_tensorflow_quietly(start=...)``). Both are fixed at start-up: ``run.deterministic``
+    wants one inter-op thread (:func:`use_determinism`), the multiworker strategy configures
+    collective ops; otherwise listing the devices starts it."""
+    if deterministic:
+        use_determinism()
+    if strategy != "multiworker":
+        tf.config.list_logical_devices()
+        return
+    try:
+        get_strategy("multiworker")
+    except UserError:                              # no TF_CONFIG: the command says so
+        pass
 
 
 def make_optimizer(optimizer, precision: str):
