@@ -75,7 +75,19 @@ class AugmentConfig:
     # mirror image relabels anatomy. Off by default, 0.5 in the `paper` preset (the paper's
     # recipe); MM-WHS dev cases at `cpu`: 0.5 costs 2.4 points mean Dice (README "Choices").
     flip_prob: float = 0.0
-    intensity: float = 0.0                     # optional: gamma / scale jitter amplitude
+    intensity: float = 0.0                     # optional: intensity scale / shift jitter amplitude
+    # Beyond the paper (0 = off in every preset): nnU-Net's appearance transforms on the MAUNet /
+    # SCN ROIs (Isensee et al. 2021, default augmentation), each with its own probability; nnU-Net
+    # uses gamma 0.3, contrast 0.15, noise 0.1, blur 0.2. Ranges are nnU-Net's, noise std in the
+    # [-1, 1] units of a normalised ROI, blur sigma in working voxels (in-plane, H and W).
+    gamma_prob: float = 0.0                    # x -> x^gamma on the ROI's [min, max], mean / std kept
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    contrast_prob: float = 0.0                 # (x - mean) * c + mean, clipped to the ROI's range
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    noise_prob: float = 0.0                    # + N(0, s^2), s uniform in [0, noise_std]
+    noise_std: float = 0.1
+    blur_prob: float = 0.0                     # Gaussian blur, sigma uniform in blur_sigma
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
 
 
 @dataclass(frozen=True)

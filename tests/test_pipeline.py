@@ -3,8 +3,8 @@ import numpy as np
 
 from cm_trancaf.config import AugmentConfig, DataConfig
 from cm_trancaf.data.datasets import LABEL_SETS, load_case, mmwhs_cases
-from cm_trancaf.data.pipeline import (augment_matrix, localizer_dataset, patch_dataset, roi_dataset,
-                                      sample_roi)
+from cm_trancaf.data.pipeline import (augment_appearance, augment_matrix, localizer_dataset,
+                                      patch_dataset, roi_dataset, sample_roi)
 from cm_trancaf.data.preprocess import prepare
 
 AUG = AugmentConfig(scale=0.2, rotate_deg=20, translate_mm=10, flip_prob=0.5)
@@ -148,3 +148,33 @@ def _prepared_blob():
                     direction=tuple(np.eye(3).ravel()))
     return Prepared(image=np.zeros((16, 16, 16), np.float32), label=label, grid=grid,
                     source=grid, case_id="blob")
+
+
+def test_appearance_transforms_keep_what_nnunet_keeps():
+    """``augment_appearance``: probabilities 0 leave the ROI bit for bit; gamma alone is a monotone
+    map that keeps the ROI's mean and std; contrast alone keeps the mean's side of every voxel and
+    the range; blur alone keeps each slice's sum and leaves the slice axis unmixed."""
+    rng0 = np.random.default_rng(0)
+    img = np.tanh(rng0.normal(0, 1, (6, 24, 24))).astype(np.float32)
+    base = AugmentConfig()
+    np.testing.assert_array_equal(augment_appearance(img, np.random.default_rng(1), base), img)
+
+    g = augment_appearance(img, np.random.default_rng(1), AugmentConfig(gamma_prob=1.0))
+    assert not np.allclose(g, img)
+    np.testing.assert_allclose([g.mean(), g.std()], [img.mean(), img.std()], atol=1e-4)
+    order = np.argsort(img, axis=None)
+    assert np.all(np.diff(g.ravel()[order]) >= -1e-6)              # monotone: ranks kept
+
+    c = augment_appearance(img, np.random.default_rng(2), AugmentConfig(contrast_prob=1.0))
+    assert c.min() >= img.min() and c.max() <= img.max() and not np.allclose(c, img)
+    inner = np.abs(img - img.mean()) > 1e-3
+    assert np.all(np.sign(c - img.mean())[inner] == np.sign(img - img.mean())[inner])
+
+    spike = np.zeros((6, 24, 24), np.float32)
+    spike[2, 12, 12] = 1.0
+    b = augment_appearance(spike, np.random.default_rng(3), AugmentConfig(blur_prob=1.0))
+    np.testing.assert_allclose(b.sum(axis=(1, 2)), spike.sum(axis=(1, 2)), atol=1e-5)
+    assert b[2, 12, 12] < 1.0 and b[2, 12, 13] > 0
+
+    n = augment_appearance(img, np.random.default_rng(4), AugmentConfig(noise_prob=1.0))
+    assert 0 < np.std(n - img) <= base.noise_std + 0.01

@@ -20,7 +20,7 @@ from ..config import AugmentConfig
 from .phantom import random_rotation
 from .preprocess import Prepared, foreground_center
 
-__all__ = ["augment_matrix", "sample_roi", "roi_dataset", "patch_dataset", "localizer_input",
+__all__ = ["augment_matrix", "augment_appearance", "sample_roi", "roi_dataset", "patch_dataset", "localizer_input",
            "localizer_smooth", "localizer_dataset", "heatmap"]
 
 
@@ -57,6 +57,26 @@ def _augment_intensity(img, rng, amount):
     return img * rng.uniform(1 - amount, 1 + amount) + rng.uniform(-amount, amount)
 
 
+def augment_appearance(img: np.ndarray, rng: np.random.Generator, aug: AugmentConfig) -> np.ndarray:
+    """nnU-Net's appearance transforms on one ROI ``(D, H, W)``, each drawn with its probability
+    (``AugmentConfig.gamma_prob`` ...); all probabilities 0 returns ``img`` unchanged."""
+    img = img.astype(np.float32)
+    if rng.random() < aug.gamma_prob:           # gamma on [min, max], then mean and std restored
+        lo, hi, mean, std = img.min(), img.max(), img.mean(), img.std()
+        if hi > lo:
+            g = rng.uniform(*aug.gamma_range)
+            img = ((img - lo) / (hi - lo)) ** g * (hi - lo) + lo
+            img = (img - img.mean()) / max(float(img.std()), 1e-6) * std + mean
+    if rng.random() < aug.contrast_prob:        # contrast about the mean, range preserved
+        lo, hi, mean = img.min(), img.max(), img.mean()
+        img = np.clip((img - mean) * rng.uniform(*aug.contrast_range) + mean, lo, hi)
+    if rng.random() < aug.noise_prob:
+        img = img + rng.normal(0.0, rng.uniform(0.0, aug.noise_std), img.shape)
+    if rng.random() < aug.blur_prob:            # in-plane: the slice axis is often 3-6x coarser
+        img = ndimage.gaussian_filter(img, (0.0,) + (rng.uniform(*aug.blur_sigma),) * 2)
+    return img.astype(np.float32)
+
+
 def roi_dataset(cases: list[Prepared], roi_size, num_classes: int, aug: AugmentConfig,
                 batch_size: int, seed: int, start: int = 0, augment: bool = True,
                 weights=None) -> tf.data.Dataset:
@@ -83,7 +103,7 @@ def roi_dataset(cases: list[Prepared], roi_size, num_classes: int, aug: AugmentC
             shift, m = None, None
         img, lab = sample_roi(c.image, c.label, centers[k], size, m, shift)
         if augment:
-            img = _augment_intensity(img, rng, aug.intensity)
+            img = augment_appearance(_augment_intensity(img, rng, aug.intensity), rng, aug)
         return img[..., None].astype(np.float32), lab
 
     def tf_draw(i):
