@@ -127,6 +127,10 @@ class MAUNetConfig:
     residual: bool = True                      # residual blocks, encoder and decoder (False: plain U-Net)
     attention_gates: bool = True               # AG on each skip (Oktay et al. 2018)
     pab: bool = True                           # PAB at the bottleneck (Fu et al. 2019)
+    # the first max-pooling's (D, H, W) window and the last up-convolution's strides; later levels
+    # pool 2 x 2 x 2. Paper silent (64^3 isotropic ROI: 2 everywhere). nnU-Net pools an axis only
+    # once its spacing is at most twice the finest: on a 2 x 2 x 6 mm grid (1, 2, 2) first
+    first_pool: tuple[int, int, int] = (2, 2, 2)
     dropout: float = 0.0
 
 

@@ -32,6 +32,24 @@ def test_maunet_shapes_and_attention_range():
         assert a.min() >= 0 and a.max() <= 1
 
 
+def test_anisotropic_first_pooling_keeps_the_slices_of_level_one():
+    """``first_pool=(1, 2, 2)`` (nnU-Net's choice on a 2 x 2 x 6 mm grid): level 1 keeps every
+    slice, the later levels halve all three axes, the output has the input's shape; the same
+    weights as 2 x 2 x 2 except the last up-convolution's kernel (1 x 2 x 2 instead of 2 x 2 x 2);
+    an ROI the pooling cannot divide is a clear error."""
+    cfg = dataclasses.replace(CFG.maunet, first_pool=(1, 2, 2))
+    x = X[:, :8]                                                     # (2, 8, 32, 32, 1)
+    net = build_maunet(cfg, 8, (8, 32, 32))
+    probs, alphas = net(x, return_attention=True)
+    assert probs.shape == (2, 8, 32, 32, 8)
+    assert [tuple(a.shape[1:4]) for a in alphas] == [(8, 32, 32), (8, 16, 16), (4, 8, 8)]
+    iso = build_maunet(CFG.maunet, 8, (8, 32, 32))
+    up0 = CFG.maunet.base_filters * 2 * CFG.maunet.base_filters     # in x out channels of up0
+    assert iso.count_params() - net.count_params() == up0 * (8 - 4)
+    with pytest.raises(ValueError, match=r"divisible by \(4, 8, 8\)"):
+        build_maunet(cfg, 8, (6, 32, 32))
+
+
 def test_ablation_switches_change_the_architecture():
     counts = {}
     for ag in (True, False):

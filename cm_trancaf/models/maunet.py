@@ -2,7 +2,7 @@
 
     x (B, 64, 64, 64, 1)
     level 0  ResidualBlock(F)   ------------------------------- AG -- concat -- Res(F) -- 1x1 -- softmax
-      | maxpool                                                  ^ g
+      | maxpool (first_pool, 2^3 unless set)                     ^ g
     level 1  ResidualBlock(2F)  -------------------- AG -- concat -- Res(2F) -- up
       | maxpool                                       ^ g
     level 2  ResidualBlock(4F)  ---------- AG -- concat -- Res(4F) -- up
@@ -71,7 +71,7 @@ class PositionAttention(layers.Layer):
 
 
 class MAUNet(keras.Model):
-    """MAUNet for inputs ``(B, D, H, W, 1)``, D/H/W divisible by 2**(levels-1)."""
+    """MAUNet for inputs ``(B, D, H, W, 1)``, each axis divisible by its product of ``pools``."""
 
     def __init__(self, cfg: MAUNetConfig, num_classes: int, **kwargs):
         super().__init__(**kwargs)
@@ -82,10 +82,12 @@ class MAUNet(keras.Model):
         f = [cfg.base_filters * 2 ** level for level in range(cfg.levels)]
         self.encoder = [ResidualBlock(f[l], cfg.residual, name=f"enc{l}")
                         for l in range(cfg.levels)]
-        self.pool = layers.MaxPooling3D(2)
+        # pools[l]: level l -> l + 1 (D, H, W); the up-convolution up[l] undoes it
+        self.pools = [tuple(cfg.first_pool)] + [(2, 2, 2)] * (cfg.levels - 2)
+        self.pool = [layers.MaxPooling3D(p, name=f"pool{l}") for l, p in enumerate(self.pools)]
         self.pab = PositionAttention(name="pab") if cfg.pab else None
-        self.up = [layers.Conv3DTranspose(f[l], 2, strides=2, name=f"up{l}")
-                   for l in range(cfg.levels - 1)]
+        self.up = [layers.Conv3DTranspose(f[l], p, strides=p, name=f"up{l}")
+                   for l, p in enumerate(self.pools)]
         self.gates = [AttentionGate(max(1, f[l] // 2), name=f"ag{l}") if cfg.attention_gates
                       else None for l in range(cfg.levels - 1)]
         self.decoder = [ResidualBlock(f[l], cfg.residual, name=f"dec{l}")
@@ -100,7 +102,7 @@ class MAUNet(keras.Model):
             x = block(x, training=training)
             if level < len(self.encoder) - 1:
                 skips.append(x)
-                x = self.pool(x)
+                x = self.pool[level](x)
         if self.pab is not None:                              # bottleneck (B, D/8, H/8, W/8, 8F)
             x = self.pab(x)
         alphas = []
@@ -119,5 +121,12 @@ class MAUNet(keras.Model):
 
 def build_maunet(cfg: MAUNetConfig, num_classes: int, roi_size=(64, 64, 64)) -> MAUNet:
     model = MAUNet(cfg, num_classes, name="maunet")
+    total = [1, 1, 1]
+    for p in model.pools:
+        total = [t * int(q) for t, q in zip(total, p)]
+    if any(int(s) % t for s, t in zip(roi_size, total)):
+        raise ValueError(f"ROI size {tuple(roi_size)} (D, H, W) must be divisible by {tuple(total)}, "
+                         f"the MAUNet's pooling over {cfg.levels} levels (first_pool "
+                         f"{tuple(cfg.first_pool)})")
     model(keras.ops.zeros((1, *roi_size, 1)))
     return model
