@@ -80,7 +80,7 @@ class AugmentConfig:
     # SCN ROIs (Isensee et al. 2021, default augmentation), each with its own probability; nnU-Net
     # uses gamma 0.3, contrast 0.15, noise 0.1, blur 0.2. Ranges are nnU-Net's, noise std in the
     # [-1, 1] units of a normalised ROI, blur sigma in working voxels (in-plane, H and W).
-    gamma_prob: float = 0.0                    # x -> x^gamma on the ROI's [min, max], mean / std kept
+    gamma_prob: float = 0.0                    # x^gamma on the ROI's [min, max], mean, std kept
     gamma_range: tuple[float, float] = (0.7, 1.5)
     contrast_prob: float = 0.0                 # (x - mean) * c + mean, clipped to the ROI's range
     contrast_range: tuple[float, float] = (0.75, 1.25)

@@ -20,8 +20,8 @@ from ..config import AugmentConfig
 from .phantom import random_rotation
 from .preprocess import Prepared, foreground_center
 
-__all__ = ["augment_matrix", "augment_appearance", "sample_roi", "roi_dataset", "patch_dataset", "localizer_input",
-           "localizer_smooth", "localizer_dataset", "heatmap"]
+__all__ = ["augment_matrix", "augment_appearance", "sample_roi", "roi_dataset", "patch_dataset",
+           "localizer_input", "localizer_smooth", "localizer_dataset", "heatmap"]
 
 
 def augment_matrix(rng: np.random.Generator, aug: AugmentConfig, spacing_xyz) -> np.ndarray:
@@ -57,7 +57,8 @@ def _augment_intensity(img, rng, amount):
     return img * rng.uniform(1 - amount, 1 + amount) + rng.uniform(-amount, amount)
 
 
-def augment_appearance(img: np.ndarray, rng: np.random.Generator, aug: AugmentConfig) -> np.ndarray:
+def augment_appearance(img: np.ndarray, rng: np.random.Generator,
+                       aug: AugmentConfig) -> np.ndarray:
     """nnU-Net's appearance transforms on one ROI ``(D, H, W)``, each drawn with its probability
     (``AugmentConfig.gamma_prob`` ...); all probabilities 0 returns ``img`` unchanged."""
     img = img.astype(np.float32)

@@ -18,6 +18,7 @@ probabilities (float32). Tensors are channels-last ``(B, D, H, W, C)``.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from ..config import MAUNetConfig
@@ -71,7 +72,7 @@ class PositionAttention(layers.Layer):
 
 
 class MAUNet(keras.Model):
-    """MAUNet for inputs ``(B, D, H, W, 1)``, each axis divisible by its product of ``pools``."""
+    """MAUNet for inputs ``(B, D, H, W, 1)``, each axis divisible by its pooling."""
 
     def __init__(self, cfg: MAUNetConfig, num_classes: int, **kwargs):
         super().__init__(**kwargs)
@@ -82,12 +83,13 @@ class MAUNet(keras.Model):
         f = [cfg.base_filters * 2 ** level for level in range(cfg.levels)]
         self.encoder = [ResidualBlock(f[l], cfg.residual, name=f"enc{l}")
                         for l in range(cfg.levels)]
-        # pools[l]: level l -> l + 1 (D, H, W); the up-convolution up[l] undoes it
-        self.pools = [tuple(cfg.first_pool)] + [(2, 2, 2)] * (cfg.levels - 2)
-        self.pool = [layers.MaxPooling3D(p, name=f"pool{l}") for l, p in enumerate(self.pools)]
+        # pool_sizes[l]: level l -> l + 1, (D, H, W); the up-convolution up[l] undoes it
+        self.pool_sizes = [tuple(cfg.first_pool)] + [(2, 2, 2)] * (cfg.levels - 2)
+        self.pool = [layers.MaxPooling3D(p, name=f"pool{l}")
+                     for l, p in enumerate(self.pool_sizes)]
         self.pab = PositionAttention(name="pab") if cfg.pab else None
         self.up = [layers.Conv3DTranspose(f[l], p, strides=p, name=f"up{l}")
-                   for l, p in enumerate(self.pools)]
+                   for l, p in enumerate(self.pool_sizes)]
         self.gates = [AttentionGate(max(1, f[l] // 2), name=f"ag{l}") if cfg.attention_gates
                       else None for l in range(cfg.levels - 1)]
         self.decoder = [ResidualBlock(f[l], cfg.residual, name=f"dec{l}")
@@ -121,12 +123,10 @@ class MAUNet(keras.Model):
 
 def build_maunet(cfg: MAUNetConfig, num_classes: int, roi_size=(64, 64, 64)) -> MAUNet:
     model = MAUNet(cfg, num_classes, name="maunet")
-    total = [1, 1, 1]
-    for p in model.pools:
-        total = [t * int(q) for t, q in zip(total, p)]
+    total = tuple(int(t) for t in np.prod(model.pool_sizes, axis=0))  # (D, H, W)
     if any(int(s) % t for s, t in zip(roi_size, total)):
-        raise ValueError(f"ROI size {tuple(roi_size)} (D, H, W) must be divisible by {tuple(total)}, "
-                         f"the MAUNet's pooling over {cfg.levels} levels (first_pool "
+        raise ValueError(f"ROI size {tuple(roi_size)} (D, H, W) must be divisible by {total}, the "
+                         f"MAUNet's pooling over {cfg.levels} levels (first_pool "
                          f"{tuple(cfg.first_pool)})")
     model(keras.ops.zeros((1, *roi_size, 1)))
     return model
