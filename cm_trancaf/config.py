@@ -132,6 +132,11 @@ class MAUNetConfig:
     # once its spacing is at most twice the finest: on a 2 x 2 x 6 mm grid (1, 2, 2) first
     first_pool: tuple[int, int, int] = (2, 2, 2)
     dropout: float = 0.0
+    # Beyond the paper (0 = off in every preset): deep supervision as nnU-Net (Isensee et al.
+    # 2021): a 1x1x1 softmax head on each of this many decoder levels above the finest, trained
+    # on the labels' majority class per block of that level; the hybrid loss of level l weighs
+    # 2^-l, the weights normalised to sum to 1. Prediction uses the finest head only.
+    deep_supervision: int = 0
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["soft_dice_loss", "focal_loss", "dice_focal", "adversarial_lsgan", "adversarial_bce",
+__all__ = ["soft_dice_loss", "focal_loss", "dice_focal", "deep_dice_focal", "adversarial_lsgan", "adversarial_bce",
            "discriminator_loss", "cycle_l1", "identity_l1", "heatmap_l2"]
 
 EPS = 1e-5
@@ -44,6 +44,25 @@ def dice_focal(y_true, y_pred, lambda_f: float = 0.1, gamma: float = 2.0):
     if lambda_f < 0:
         raise ValueError(f"lambda_f must be >= 0, got {lambda_f}")
     return soft_dice_loss(y_true, y_pred) + lambda_f * focal_loss(y_true, y_pred, gamma)
+
+
+def deep_dice_focal(y_true, probs: list, pool_sizes: list, lambda_f: float = 0.1,
+                    gamma: float = 2.0):
+    """Deep supervision (nnU-Net): sum_l w_l * (L_Dice + lambda_f * L_Focal)(y_l, p_l) over the
+    decoder levels l = 0, 1, .. (``probs``, finest first), w_l = 2^-l / sum_j 2^-j, where y_l is
+    the one-hot majority class of each block of the windows ``pool_sizes[:l]`` of ``y_true``
+    (B, D, H, W, K) (nnU-Net downsamples the labels by nearest neighbour; a hard label keeps
+    the soft Dice's optimum at p = y, a block's class shares would not)."""
+    weights = [2.0 ** -l for l in range(len(probs))]
+    total, shares = 0.0, ops.cast(y_true, "float32")
+    for level, p in enumerate(probs):
+        y = shares
+        if level:                                     # class shares of the level's blocks
+            window = tuple(pool_sizes[level - 1])
+            shares = ops.average_pool(shares, window, strides=window, padding="valid")
+            y = ops.one_hot(ops.argmax(shares, axis=-1), shares.shape[-1])
+        total = total + weights[level] / sum(weights) * dice_focal(y, p, lambda_f, gamma)
+    return total
 
 
 def heatmap_l2(target, pred, peak_weight: float = 0.0):

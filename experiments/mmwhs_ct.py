@@ -25,7 +25,12 @@ CANDIDATES = [Setting("SCN retrained", maunet_from="MAUNet + SCN"),
               Setting("SCN retrained, noisy inputs 1.0", ("scn.input_noise=1.0",),
                       maunet_from="MAUNet + SCN"),
               Setting("SCN retrained, noisy inputs 1.5", ("scn.input_noise=1.5",),
-                      maunet_from="MAUNet + SCN")]
+                      maunet_from="MAUNet + SCN"),
+              # nnU-Net's loss, Dice + cross-entropy 1:1 (focal with gamma = 0 is the cross-
+              # entropy), against the paper's Dice + 0.1 focal (gamma 2); MAUNet and SCN
+              Setting("Dice + CE", ("train.lambda_focal=1.0", "train.focal_gamma=0.0")),
+              # nnU-Net's deep supervision (beyond the paper): decoder levels 1 and 2 too
+              Setting("deep supervision", ("maunet.deep_supervision=2",))]
 # Payer et al. 2017 (STACOM, MM-WHS): 3-fold CV on the 20 CT training volumes, mean Dice over the
 # 7 structures; the CM-TranCaF paper: MM-WHS CT test set (40 volumes), mean Dice and HD.
 PUBLISHED = {"Payer et al. 2017, 3-fold CV on MM-WHS CT training": {"WHS_mean dice": 88.9},

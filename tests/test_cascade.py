@@ -49,9 +49,11 @@ def test_heart_partly_outside_the_field_of_view(seg_run, tiny_phantom, tmp_path)
     assert Geometry.of(out) == Geometry.of(cut)
 
 
-def test_maunet_loss_falls_on_a_phantom(tiny_phantom, tmp_path):
+@pytest.mark.parametrize("deep", [0, 2])       # 2: deep supervision, the loss of 3 levels
+def test_maunet_loss_falls_on_a_phantom(tiny_phantom, tmp_path, deep):
     cfg = apply_overrides(get_preset("tiny"), ["train.steps=30", "run.log_every=1",
-                                               "train.val_every=100", "train.lr=0.003"])
+                                               "train.val_every=100", "train.lr=0.003",
+                                               f"maunet.deep_supervision={deep}"])
     train_segmentation(cfg, tiny_phantom, tmp_path, stages=("maunet",))
     import pandas as pd
     log = pd.read_csv(tmp_path / "maunet" / "log.csv")["loss/dice_focal"].to_numpy()

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from cm_trancaf.losses import (cycle_l1, dice_focal, discriminator_loss, focal_loss,
-                               soft_dice_loss)
+from cm_trancaf.losses import (cycle_l1, deep_dice_focal, dice_focal, discriminator_loss,
+                               focal_loss, soft_dice_loss)
 
 
 def _onehot(labels, k):
@@ -37,6 +37,26 @@ def test_perfect_prediction_scores_zero():
     assert abs(float(dice_focal(y, y))) < 1e-5
     assert float(cycle_l1(y, y)) == 0.0
     assert abs(float(discriminator_loss(np.ones(4), np.zeros(4)))) < 1e-7
+
+
+def test_deep_supervision_weighs_levels_by_powers_of_two_on_majority_labels():
+    """Level l's target is the majority class of each block of the windows so far (anisotropic
+    too); the loss is sum_l 2^-l L_l / sum_l 2^-l, with L_l = dice_focal at that level, and 0
+    for a prediction that is each level's target."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, (2, 4, 8, 8))                       # (B, D, H, W)
+    y = _onehot(labels, 3)
+    windows = [(1, 2, 2), (2, 2, 2)]
+    s1 = y.reshape(2, 4, 4, 2, 4, 2, 3).mean((3, 5))                # shares, (2, 4, 4, 4, 3)
+    s2 = s1.reshape(2, 2, 2, 2, 2, 2, 2, 3).mean((2, 4, 6))         # (2, 2, 2, 2, 3)
+    y1, y2 = _onehot(s1.argmax(-1), 3), _onehot(s2.argmax(-1), 3)  # first class on a tie
+    softmax = lambda z: np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    p = [softmax(rng.normal(size=t.shape)).astype("float32") for t in (y, y1, y2)]
+    want = sum(w * (_np_dice(t, q) + 0.1 * _np_focal(t, q, 2.0))
+               for w, t, q in zip((4 / 7, 2 / 7, 1 / 7), (y, y1, y2), p))
+    np.testing.assert_allclose(float(deep_dice_focal(y, p, windows, 0.1, 2.0)), want, rtol=1e-4)
+    assert abs(float(deep_dice_focal(y, [y, y1, y2], windows))) < 1e-4
+    assert float(deep_dice_focal(y, [y, y1, p[2]], windows)) > 0.01
 
 
 def test_bad_arguments_raise():

@@ -50,6 +50,24 @@ def test_anisotropic_first_pooling_keeps_the_slices_of_level_one():
         build_maunet(cfg, 8, (6, 32, 32))
 
 
+def test_deep_supervision_heads_are_one_per_level_and_change_nothing_else():
+    """``deep_supervision=2``: probabilities of decoder levels 0, 1, 2 at 32^3, 16^3, 8^3, each a
+    distribution; the finest equals the plain call's output; the only extra weights are two
+    1x1x1 heads (16 and 8 input channels at base 4); 3 levels is one too many."""
+    cfg = dataclasses.replace(CFG.maunet, deep_supervision=2)
+    net = build_maunet(cfg, 8, (32, 32, 32))
+    outs = net(X, return_deep=True)
+    assert [tuple(o.shape) for o in outs] == [(2, s, s, s, 8) for s in (32, 16, 8)]
+    for o in outs:
+        np.testing.assert_allclose(np.asarray(o).sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(net(X)), atol=1e-6)
+    f = CFG.maunet.base_filters
+    heads = sum((f * 2 ** level + 1) * 8 for level in (1, 2))    # kernel + bias, 8 classes
+    assert net.count_params() - build_maunet(CFG.maunet, 8, (32, 32, 32)).count_params() == heads
+    with pytest.raises(ValueError, match="deep_supervision"):
+        build_maunet(dataclasses.replace(CFG.maunet, deep_supervision=3), 8, (32, 32, 32))
+
+
 def test_ablation_switches_change_the_architecture():
     counts = {}
     for ag in (True, False):

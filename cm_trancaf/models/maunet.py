@@ -96,9 +96,14 @@ class MAUNet(keras.Model):
                         for l in range(cfg.levels - 1)]
         self.drop = layers.Dropout(cfg.dropout) if cfg.dropout > 0 else None
         self.head = layers.Conv3D(num_classes, 1, name="head")
+        # deep supervision: heads of decoder levels 1 .. deep_supervision (level 0 is `head`)
+        self.deep_heads = [layers.Conv3D(num_classes, 1, name=f"head{l}")
+                           for l in range(1, cfg.deep_supervision + 1)]
         self.softmax = layers.Softmax(axis=-1, dtype="float32")
 
-    def call(self, x, training=False, return_attention=False):
+    def call(self, x, training=False, return_attention=False, return_deep=False):
+        """Class probabilities (B, D, H, W, K); with ``return_deep`` a list, finest first, of the
+        probabilities of decoder levels 0 .. deep_supervision, level l (B, D/2^l, .., K)."""
         skips = []
         for level, block in enumerate(self.encoder):          # encoder, level l: (B, D/2^l, ..)
             x = block(x, training=training)
@@ -107,7 +112,7 @@ class MAUNet(keras.Model):
                 x = self.pool[level](x)
         if self.pab is not None:                              # bottleneck (B, D/8, H/8, W/8, 8F)
             x = self.pab(x)
-        alphas = []
+        alphas, deep = [], []
         for level in reversed(range(len(skips))):             # decoder, coarse to fine
             g = self.up[level](x)                             # (B, D/2^l, .., F_l)
             skip = skips[level]
@@ -115,9 +120,13 @@ class MAUNet(keras.Model):
                 skip, alpha = self.gates[level](skip, g)
                 alphas.append(alpha)
             x = self.decoder[level](ops.concatenate([g, skip], axis=-1), training=training)
+            if return_deep and 1 <= level <= len(self.deep_heads):
+                deep.append(self.softmax(self.deep_heads[level - 1](x)))  # (B, D/2^l, .., K)
         if self.drop is not None:
             x = self.drop(x, training=training)
         probs = self.softmax(self.head(x))                    # (B, D, H, W, K)
+        if return_deep:
+            return [probs] + deep[::-1]
         return (probs, alphas[::-1]) if return_attention else probs
 
 
@@ -128,5 +137,8 @@ def build_maunet(cfg: MAUNetConfig, num_classes: int, roi_size=(64, 64, 64)) -> 
         raise ValueError(f"ROI size {tuple(roi_size)} (D, H, W) must be divisible by {total}, the "
                          f"MAUNet's pooling over {cfg.levels} levels (first_pool "
                          f"{tuple(cfg.first_pool)})")
-    model(keras.ops.zeros((1, *roi_size, 1)))
+    if not 0 <= cfg.deep_supervision <= cfg.levels - 2:
+        raise ValueError(f"maunet.deep_supervision must be 0 .. levels - 2 = {cfg.levels - 2} "
+                         f"(decoder levels above the finest), got {cfg.deep_supervision}")
+    model(keras.ops.zeros((1, *roi_size, 1)), return_deep=cfg.deep_supervision > 0)
     return model

@@ -27,7 +27,7 @@ from ..data.datasets import Case, LabelSet, find_cases, generated_cases, get_lab
 from ..data.pipeline import localizer_dataset, roi_dataset
 from ..data.preprocess import Prepared, crop, foreground_center, prepare
 from ..inference import center_errors_mm, precision_policy, segment_roi
-from ..losses import dice_focal, heatmap_l2
+from ..losses import deep_dice_focal, dice_focal, heatmap_l2
 from ..metrics import overlap
 from ..models.localizer import build_localizer
 from ..models.maunet import build_maunet
@@ -171,7 +171,11 @@ def train_maunet(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepare
                                                                   cfg.data.roi_size))
 
     def loss_fn(x, y):
-        loss = dice_focal(y, model(x, training=True), t.lambda_focal, t.focal_gamma)
+        if cfg.maunet.deep_supervision:                   # finest first, level l: (B, D/2^l, ..)
+            loss = deep_dice_focal(y, model(x, training=True, return_deep=True),
+                                   model.pool_sizes, t.lambda_focal, t.focal_gamma)
+        else:
+            loss = dice_focal(y, model(x, training=True), t.lambda_focal, t.focal_gamma)
         return loss, {"loss/dice_focal": loss}
 
     step = make_step(strategy, loss_fn, model.trainable_variables, opt, cfg.run.jit_compile)
@@ -216,10 +220,14 @@ def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Pr
     if cfg.scn.steps:
         t = replace(t, steps=cfg.scn.steps)
     joint = not cfg.scn.freeze_maunet
+    # jointly fine-tuned: the MAUNet's weights up to its finest head (deep-supervision heads,
+    # if any, take no part in the SCN's loss)
+    deep = {id(v) for h in maunet.deep_heads for v in h.trainable_variables}
+    tuned = [v for v in maunet.trainable_variables if id(v) not in deep] if joint else []
     strategy, scn, opt = _build(cfg, t.lr, lambda: build_scn(cfg.scn, num_classes,
                                                              cfg.data.roi_size),
-                                maunet.trainable_variables if joint else None)
-    variables = scn.trainable_variables + (maunet.trainable_variables if joint else [])
+                                tuned if joint else None)
+    variables = scn.trainable_variables + tuned
 
     def loss_fn(x, y):
         probs = maunet(x, training=joint)
