@@ -11,8 +11,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-__all__ = ["soft_dice_loss", "focal_loss", "dice_focal", "deep_dice_focal", "adversarial_lsgan", "adversarial_bce",
-           "discriminator_loss", "cycle_l1", "identity_l1", "heatmap_l2"]
+__all__ = ["soft_dice_loss", "focal_loss", "dice_focal", "deep_dice_focal", "adversarial_lsgan",
+           "adversarial_bce", "discriminator_loss", "cycle_l1", "identity_l1", "heatmap_l2"]
 
 EPS = 1e-5
 
