@@ -57,6 +57,7 @@ def deep_dice_focal(y_true, probs: list, pool_sizes: list, lambda_f: float = 0.1
     (B, D, H, W, K) (nnU-Net downsamples the labels by nearest neighbour; a hard label keeps
     the soft Dice's optimum at p = y, a block's class shares would not)."""
     weights = [2.0 ** -l for l in range(len(probs))]
+    weights = [w / sum(weights) for w in weights]
     total, shares = 0.0, ops.cast(y_true, "float32")
     for level, p in enumerate(probs):
         y = shares
@@ -64,7 +65,7 @@ def deep_dice_focal(y_true, probs: list, pool_sizes: list, lambda_f: float = 0.1
             window = tuple(pool_sizes[level - 1])
             shares = ops.average_pool(shares, window, strides=window, padding="valid")
             y = ops.one_hot(ops.argmax(shares, axis=-1), shares.shape[-1])
-        total = total + weights[level] / sum(weights) * dice_focal(y, p, lambda_f, gamma)
+        total = total + weights[level] * dice_focal(y, p, lambda_f, gamma)
     return total
 
 

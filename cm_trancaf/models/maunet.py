@@ -79,6 +79,9 @@ class MAUNet(keras.Model):
         if cfg.levels < 2 or cfg.base_filters < 1 or num_classes < 2:
             raise ValueError(f"MAUNet needs levels >= 2, base_filters >= 1, num_classes >= 2; "
                              f"got {cfg.levels}, {cfg.base_filters}, {num_classes}")
+        if not 0 <= cfg.deep_supervision <= cfg.levels - 2:
+            raise ValueError(f"maunet.deep_supervision must be 0 .. levels - 2 = {cfg.levels - 2} "
+                             f"(decoder levels above the finest), got {cfg.deep_supervision}")
         self.cfg, self.num_classes = cfg, num_classes
         f = [cfg.base_filters * 2 ** level for level in range(cfg.levels)]
         self.encoder = [ResidualBlock(f[l], cfg.residual, name=f"enc{l}")
@@ -137,8 +140,5 @@ def build_maunet(cfg: MAUNetConfig, num_classes: int, roi_size=(64, 64, 64)) -> 
         raise ValueError(f"ROI size {tuple(roi_size)} (D, H, W) must be divisible by {total}, the "
                          f"MAUNet's pooling over {cfg.levels} levels (first_pool "
                          f"{tuple(cfg.first_pool)})")
-    if not 0 <= cfg.deep_supervision <= cfg.levels - 2:
-        raise ValueError(f"maunet.deep_supervision must be 0 .. levels - 2 = {cfg.levels - 2} "
-                         f"(decoder levels above the finest), got {cfg.deep_supervision}")
     model(keras.ops.zeros((1, *roi_size, 1)), return_deep=cfg.deep_supervision > 0)
     return model

@@ -226,7 +226,7 @@ def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Pr
     tuned = [v for v in maunet.trainable_variables if id(v) not in deep] if joint else []
     strategy, scn, opt = _build(cfg, t.lr, lambda: build_scn(cfg.scn, num_classes,
                                                              cfg.data.roi_size),
-                                tuned if joint else None)
+                                tuned)
     variables = scn.trainable_variables + tuned
 
     def loss_fn(x, y):
