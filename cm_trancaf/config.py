@@ -76,6 +76,12 @@ class AugmentConfig:
     # recipe); MM-WHS dev cases at `cpu`: 0.5 costs 2.4 points mean Dice (README "Choices").
     flip_prob: float = 0.0
     intensity: float = 0.0                     # optional: intensity scale / shift jitter amplitude
+    # Beyond the paper (0 = off in every preset): elastic deformation as Payer et al.'s MM-WHS
+    # code (deformation.Output: a cubic B-spline on an 8^3 grid of control points over the ROI,
+    # each displaced uniformly up to 15 mm per axis). elastic_mm: the largest displacement of a
+    # control point along an axis, mm; the field is smooth and never larger (B-spline weights)
+    elastic_mm: float = 0.0
+    elastic_points: int = 8                    # control points per ROI axis (>= 4)
     # Beyond the paper (0 = off in every preset): nnU-Net's appearance transforms on the MAUNet /
     # SCN ROIs (Isensee et al. 2021, default augmentation), each with its own probability; nnU-Net
     # uses gamma 0.3, contrast 0.15, noise 0.1, blur 0.2. Ranges are nnU-Net's, noise std in the

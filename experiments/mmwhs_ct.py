@@ -30,7 +30,14 @@ CANDIDATES = [Setting("SCN retrained", maunet_from="MAUNet + SCN"),
               # entropy), against the paper's Dice + 0.1 focal (gamma 2); MAUNet and SCN
               Setting("Dice + CE", ("train.lambda_focal=1.0", "train.focal_gamma=0.0")),
               # nnU-Net's deep supervision (beyond the paper): decoder levels 1 and 2 too
-              Setting("deep supervision", ("maunet.deep_supervision=2",))]
+              Setting("deep supervision", ("maunet.deep_supervision=2",)),
+              # Payer et al.'s MM-WHS augmentation (beyond the paper): B-spline elastic
+              # deformation, 8^3 control points, up to 15 mm; then with his larger rotation,
+              # translation and scale ranges and intensity jitter too
+              Setting("elastic", ("augment.elastic_mm=15.0",)),
+              Setting("Payer's augmentation", ("augment.elastic_mm=15.0", "augment.rotate_deg=20.0",
+                                              "augment.translate_mm=20.0", "augment.scale=0.2",
+                                              "augment.intensity=0.2"))]
 # Payer et al. 2017 (STACOM, MM-WHS): 3-fold CV on the 20 CT training volumes, mean Dice over the
 # 7 structures; the CM-TranCaF paper: MM-WHS CT test set (40 volumes), mean Dice and HD.
 PUBLISHED = {"Payer et al. 2017, 3-fold CV on MM-WHS CT training": {"WHS_mean dice": 88.9},

@@ -3,8 +3,12 @@ import numpy as np
 
 from cm_trancaf.config import AugmentConfig, DataConfig
 from cm_trancaf.data.datasets import LABEL_SETS, load_case, mmwhs_cases
-from cm_trancaf.data.pipeline import (augment_appearance, augment_matrix, localizer_dataset,
-                                      patch_dataset, roi_dataset, sample_roi)
+import pytest
+from scipy.interpolate import BSpline
+
+from cm_trancaf.data.pipeline import (augment_appearance, augment_matrix, bspline_weights,
+                                      elastic_offsets, localizer_dataset, patch_dataset,
+                                      roi_dataset, sample_roi)
 from cm_trancaf.data.preprocess import prepare
 
 AUG = AugmentConfig(scale=0.2, rotate_deg=20, translate_mm=10, flip_prob=0.5)
@@ -50,6 +54,65 @@ def test_augmentation_keeps_image_and_label_aligned():
         agree.append(np.mean(decoded == lab))
         assert len(np.unique(lab)) > 2  # the transform moved, not erased, the structures
     assert min(agree) > 0.95, agree
+
+
+def test_bspline_weights_match_scipys_cubic_basis():
+    for n_out, n_points in ((64, 8), (16, 5), (33, 4)):
+        w = bspline_weights(n_out, n_points)
+        u = np.arange(n_out) * (n_points - 1) / (n_out - 1)
+        for k in range(n_points):          # independent reference: scipy's cardinal cubic basis
+            ref = BSpline.basis_element(np.arange(k - 2, k + 3), extrapolate=False)(u)
+            np.testing.assert_allclose(w[:, k], np.nan_to_num(ref), atol=1e-12)
+        assert (w >= 0).all() and (w.sum(1) <= 1 + 1e-12).all()
+        np.testing.assert_allclose(w[(u >= 1) & (u <= n_points - 2)].sum(1), 1.0)  # interior
+
+
+def test_elastic_offsets_are_bounded_smooth_and_seeded():
+    size, spacing, max_mm, n = (24, 40, 40), (2.0, 2.0, 6.0), 15.0, 8   # spacing (x, y, z)
+    u = elastic_offsets(np.random.default_rng(0), size, spacing, max_mm, n)
+    assert u.shape == (3,) + size
+    mm = u * np.array([6.0, 2.0, 2.0])[:, None, None, None]              # (D, H, W) voxels -> mm
+    assert np.abs(mm).max() <= max_mm + 1e-4                             # never past max_mm
+    assert np.abs(mm).max() > 0.3 * max_mm                               # and not trivially 0
+    # smooth: between neighbouring voxels at most 2 max_mm per knot interval (coefficient range)
+    for axis, s in enumerate(size):
+        per_voxel = 2 * max_mm / ((s - 1) / (n - 1))
+        assert np.abs(np.diff(mm, axis=axis + 1)).max() <= per_voxel + 1e-4
+    np.testing.assert_array_equal(u, elastic_offsets(np.random.default_rng(0), size, spacing,
+                                                     max_mm, n))
+    with pytest.raises(ValueError, match="elastic_points"):
+        elastic_offsets(np.random.default_rng(0), size, spacing, max_mm, 3)
+
+
+def test_elastic_deformation_moves_image_and_label_together():
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[8:30, 10:25, 12:32] = 1
+    label[15:22, 16:22, 5:20] = 2
+    label[25:35, 25:36, 20:30] = 3
+    image = (label.astype(np.float32) * 0.5 - 1.0)
+    plain_img, plain_lab = sample_roi(image, label, (20, 20, 20), (32, 32, 32))
+    for seed in range(3):
+        u = elastic_offsets(np.random.default_rng(seed), (32, 32, 32), (2.0, 2.0, 2.0), 10.0, 6)
+        img, lab = sample_roi(image, label, (20, 20, 20), (32, 32, 32), offsets=u)
+        decoded = np.clip(np.round((img + 1.0) / 0.5), 0, 3).astype(np.uint8)
+        assert np.mean(decoded == lab) > 0.95                      # still aligned
+        assert np.mean(lab != plain_lab) > 0.02                    # but deformed
+        assert len(np.unique(lab)) == 4
+
+
+def test_elastic_option_changes_samples_only_when_on(tiny_phantom):
+    cases = _prepared(tiny_phantom)
+    elastic = AugmentConfig(scale=0.2, rotate_deg=20, translate_mm=10, elastic_mm=12.0,
+                            elastic_points=4)
+    a = next(iter(roi_dataset(cases, (16, 16, 16), 8, elastic, 2, seed=3)))
+    b = next(iter(roi_dataset(cases, (16, 16, 16), 8, elastic, 2, seed=3)))
+    c = next(iter(roi_dataset(cases, (16, 16, 16), 8, AugmentConfig(
+        scale=0.2, rotate_deg=20, translate_mm=10), 2, seed=3)))
+    np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+    np.testing.assert_allclose(a[1].numpy().sum(-1), 1.0)
+    assert not np.array_equal(a[1].numpy(), c[1].numpy())
+    with pytest.raises(ValueError, match="elastic_points"):
+        roi_dataset(cases, (16, 16, 16), 8, AugmentConfig(elastic_mm=5.0, elastic_points=2), 2, 0)
 
 
 def test_identity_transform_is_a_plain_crop():

@@ -3,9 +3,10 @@
 Each sample is drawn with its own generator ``default_rng([seed, i])`` where ``i`` counts samples
 from the start of training, so the data order is the same however many parallel calls run, and a
 resumed run continues with sample ``step * batch``. One resampling per sample: the ROI grid is
-mapped into the working volume by  ``x = centre + shift + A (o - size // 2)``  with
-``A = S^-1 R Z F S`` (S spacing, R rotation about the three axes, Z scale, F flips), sampled
-linearly for the image and by nearest neighbour for the label.
+mapped into the working volume by  ``x = centre + shift + A (o - size // 2 + u(o))``  with
+``A = S^-1 R Z F S`` (S spacing, R rotation about the three axes, Z scale, F flips) and ``u`` an
+optional smooth elastic displacement of the ROI grid (cubic B-spline, ``elastic_offsets``),
+sampled linearly for the image and by nearest neighbour for the label.
 
 Batches: ``image (B, D, H, W, 1) float32`` in [-1, 1] and ``label (B, D, H, W, K) float32``
 one-hot (K classes incl. background). Arrays are ``(D, H, W)``; spacings ``(x, y, z)``.
@@ -20,7 +21,7 @@ from ..config import AugmentConfig
 from .phantom import random_rotation
 from .preprocess import Prepared, foreground_center
 
-__all__ = ["augment_matrix", "augment_appearance", "sample_roi", "roi_dataset", "patch_dataset",
+__all__ = ["augment_matrix", "elastic_offsets", "bspline_weights", "augment_appearance", "sample_roi", "roi_dataset", "patch_dataset",
            "localizer_input", "localizer_smooth", "localizer_dataset", "heatmap"]
 
 
@@ -33,13 +34,42 @@ def augment_matrix(rng: np.random.Generator, aug: AugmentConfig, spacing_xyz) ->
     return np.diag(1 / sp) @ rot @ zoom @ flip @ np.diag(sp)
 
 
+def bspline_weights(n_out: int, n_points: int) -> np.ndarray:
+    """(n_out, n_points) cubic B-spline weights: control point k sits at output voxel
+    k (n_out - 1) / (n_points - 1); each row is non-negative and sums to at most 1."""
+    u = np.arange(n_out) * (n_points - 1) / max(n_out - 1, 1)        # output voxel -> knot units
+    t = np.abs(u[:, None] - np.arange(n_points)[None, :])
+    return np.where(t < 1, 2 / 3 - t ** 2 + t ** 3 / 2,
+                    np.where(t < 2, (2 - t) ** 3 / 6, 0.0))
+
+
+def elastic_offsets(rng: np.random.Generator, size, spacing_xyz, max_mm: float,
+                    n_points: int) -> np.ndarray:
+    """Smooth random displacement ``u`` of an ROI grid: (3, D, H, W) in voxels of each axis.
+
+    Each of the n_points^3 control points moves by a uniform draw in [-max_mm, max_mm] mm per axis;
+    the field between them is their cubic B-spline, so no voxel moves more than max_mm along an
+    axis (Payer et al.'s MM-WHS augmentation: 8^3 points, 15 mm)."""
+    if n_points < 4:
+        raise ValueError(f"elastic_points must be >= 4, got {n_points}")
+    sp = np.asarray(spacing_xyz, float)[::-1]                       # (D, H, W) order, mm
+    w = [bspline_weights(int(s), n_points) for s in size]
+    coef = rng.uniform(-max_mm, max_mm, (3, n_points, n_points, n_points))   # mm
+    u = np.einsum("ai,bj,ck,xijk->xabc", w[0], w[1], w[2], coef, optimize=True)
+    return (u / sp[:, None, None, None]).astype(np.float32)
+
+
 def sample_roi(image: np.ndarray, label: np.ndarray | None, center, size, matrix=None,
-               shift=None, fill: float = -1.0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resample an ROI of ``size`` at ``center`` (voxel index) through ``matrix`` (one pass)."""
+               shift=None, fill: float = -1.0,
+               offsets=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resample an ROI of ``size`` at ``center`` (voxel index) through ``matrix`` (one pass);
+    ``offsets`` (3, D, H, W), a displacement of the ROI grid before ``matrix`` (elastic)."""
     size = np.asarray(size)
     matrix = np.eye(3) if matrix is None else matrix
     # ROI voxel size//2 sits on `center`, as in preprocess.crop
     o = np.indices(tuple(size), dtype=np.float32).reshape(3, -1) - (size // 2)[:, None]
+    if offsets is not None:
+        o = o + np.asarray(offsets, np.float32).reshape(3, -1)
     x = matrix.astype(np.float32) @ o + (np.asarray(center, np.float32) +
                                          (0 if shift is None else np.asarray(shift)))[:, None]
     img = ndimage.map_coordinates(image, x, order=1, mode="constant", cval=fill)
@@ -89,6 +119,9 @@ def roi_dataset(cases: list[Prepared], roi_size, num_classes: int, aug: AugmentC
         weights = np.asarray(weights, np.float64)
         if weights.shape != (len(cases),) or (weights < 0).any() or abs(weights.sum() - 1) > 1e-6:
             raise ValueError(f"weights must be {len(cases)} probabilities summing to 1")
+    if augment and aug.elastic_mm > 0 and aug.elastic_points < 4:
+        raise ValueError(f"augment.elastic_points must be >= 4 (cubic B-spline), "
+                         f"got {aug.elastic_points}")
     centers = [foreground_center(c.label) for c in cases]
     size = tuple(int(s) for s in roi_size)
 
@@ -100,9 +133,12 @@ def roi_dataset(cases: list[Prepared], roi_size, num_classes: int, aug: AugmentC
             sp = np.asarray(c.grid.spacing)[::-1]
             shift = rng.uniform(-aug.translate_mm, aug.translate_mm, 3) / sp
             m = augment_matrix(rng, aug, c.grid.spacing)
+            # drawn only when on, so runs without it keep their exact samples
+            u = (elastic_offsets(rng, size, c.grid.spacing, aug.elastic_mm, aug.elastic_points)
+                 if aug.elastic_mm > 0 else None)
         else:
-            shift, m = None, None
-        img, lab = sample_roi(c.image, c.label, centers[k], size, m, shift)
+            shift, m, u = None, None, None
+        img, lab = sample_roi(c.image, c.label, centers[k], size, m, shift, offsets=u)
         if augment:
             img = augment_appearance(_augment_intensity(img, rng, aug.intensity), rng, aug)
         return img[..., None].astype(np.float32), lab
