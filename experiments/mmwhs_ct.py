@@ -37,7 +37,13 @@ CANDIDATES = [Setting("SCN retrained", maunet_from="MAUNet + SCN"),
               Setting("elastic", ("augment.elastic_mm=15.0",)),
               Setting("Payer's augmentation", ("augment.elastic_mm=15.0", "augment.rotate_deg=20.0",
                                               "augment.translate_mm=20.0", "augment.scale=0.2",
-                                              "augment.intensity=0.2"))]
+                                              "augment.intensity=0.2")),
+              # the same trained cascades with nnU-Net's post-processing (largest connected
+              # component per structure): measured after the two above showed stray fragments
+              Setting("MAUNet + SCN, largest component", ("infer.largest_component=True",),
+                      same_run_as="MAUNet + SCN"),
+              Setting("Payer's augmentation, largest component",
+                      ("infer.largest_component=True",), same_run_as="Payer's augmentation")]
 # Payer et al. 2017 (STACOM, MM-WHS): 3-fold CV on the 20 CT training volumes, mean Dice over the
 # 7 structures; the CM-TranCaF paper: MM-WHS CT test set (40 volumes), mean Dice and HD.
 PUBLISHED = {"Payer et al. 2017, 3-fold CV on MM-WHS CT training": {"WHS_mean dice": 88.9},
