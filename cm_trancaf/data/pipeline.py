@@ -21,8 +21,9 @@ from ..config import AugmentConfig
 from .phantom import random_rotation
 from .preprocess import Prepared, foreground_center
 
-__all__ = ["augment_matrix", "elastic_offsets", "bspline_weights", "augment_appearance", "sample_roi", "roi_dataset", "patch_dataset",
-           "localizer_input", "localizer_smooth", "localizer_dataset", "heatmap"]
+__all__ = ["augment_matrix", "elastic_offsets", "bspline_weights", "augment_appearance",
+           "sample_roi", "roi_dataset", "patch_dataset", "localizer_input", "localizer_smooth",
+           "localizer_dataset", "heatmap"]
 
 
 def augment_matrix(rng: np.random.Generator, aug: AugmentConfig, spacing_xyz) -> np.ndarray:
