@@ -103,6 +103,11 @@ class CycleGANConfig:
     gen_downsamplings: int = 2
     gen_res_blocks: int = 6                    # residual blocks at the bottleneck
     gen_upsample: str = "transpose"            # transpose (CycleGAN) | resize (nearest + conv)
+    # Beyond the paper (off in every preset): G(x) = x + R(x), R the generator above with a linear,
+    # zero-initialised last convolution instead of tanh, so each G starts as the identity and
+    # the adversarial loss moves appearance away from it (a global residual skip; the paper's
+    # G regenerates the whole image, which at CPU scale loses anatomy, README)
+    gen_residual: bool = False
     disc_filters: int = 32
     disc_layers: int = 3                       # PatchGAN strided convolutions
     patch_size: tuple[int, int, int] = (64, 64, 64)

@@ -5,6 +5,7 @@
         c7s1-F: 7x7x7 conv + InstanceNorm + ReLU; d: 3x3x3 stride-2 conv; R: residual block;
         u: 3x3x3 stride-2 transposed conv (``gen_upsample=resize``: x2 nearest + 3x3x3 conv);
         output in the normalised intensity range [-1, 1]
+        ``gen_residual`` (beyond the paper): G(x) = x + c7s1-1(...), linear and zero-initialised
     D_c, D_m: 3D PatchGAN
         C(F, 4, s2) -- LeakyReLU -- [C(2^i F, 4, s2) -- IN -- LeakyReLU] x (L-1)
         -- C(2^L F, 4, s1) -- IN -- LeakyReLU -- C(1, 4, s1)  -> real/fake map (logits)
@@ -42,9 +43,15 @@ class Generator(keras.Model):
         else:
             raise ValueError(f"mtn.gen_upsample must be transpose|resize, got {cfg.gen_upsample!r}")
         self.up_norm = [instance_norm() for _ in range(d)]
-        self.out = layers.Conv3D(1, 7, padding="same", activation="tanh", dtype="float32")
+        if cfg.gen_residual:                   # G(x) = x + R(x), R = 0 at initialisation
+            self.out = layers.Conv3D(1, 7, padding="same", kernel_initializer="zeros",
+                                     dtype="float32")
+        else:
+            self.out = layers.Conv3D(1, 7, padding="same", activation="tanh", dtype="float32")
+        self.residual = cfg.gen_residual
 
     def call(self, x, training=False):
+        source = x                                             # (B, D, H, W, 1)
         x = self.stem(x, training=training)                    # (B, D, H, W, F)
         for block in self.down:
             x = block(x, training=training)                    # (B, D/2^i, .., 2^i F)
@@ -52,6 +59,8 @@ class Generator(keras.Model):
             x = block(x, training=training)
         for up, norm in zip(self.up, self.up_norm):
             x = keras.ops.relu(norm(up(x), training=training))
+        if self.residual:                                      # (B, D, H, W, 1), about [-1, 1]
+            return keras.ops.cast(source, "float32") + self.out(x)
         return self.out(x)                                     # (B, D, H, W, 1) in [-1, 1]
 
 
