@@ -199,6 +199,11 @@ class InferenceConfig:
     # re-centre the ROI on the first pass's segmentation and segment again, this many times
     # (covers the localizer's error; paper silent: Payer crops once around the localizer's peak)
     refine_passes: int = 1
+    # along an axis where the working volume is shorter than the ROI (a short-axis MRI stack of
+    # 13-14 working slices in a 16-slice ROI), move the ROI to hold the whole axis: centred on
+    # the heart it cut off an end slice of 2 of the 5 MS-CMRSeg development LGE stacks (README).
+    # False: the ROI stays centred (before this option)
+    cover_short_axes: bool = True
     # heart candidates, a fallback for a heart the localizer misses: when the ROI at the highest
     # heatmap peak holds less than candidate_min_ml of expected heart (sum of 1 - p(background)),
     # the next peaks (candidate_separation_mm apart) are segmented and the ROI with the most heart

@@ -235,7 +235,8 @@ class Cascade:
                 if np.all(np.abs(new - center) < 1.0):      # already centred: done
                     break
                 center = new
-            roi, start = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0)
+            roi, start = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0,
+                              cover_short=self.cfg.infer.cover_short_axes)
             clock("crop")
             probs = segment_roi(self.maunet, self.scn, roi, clock)
             if trace is not None:
@@ -253,7 +254,8 @@ class Cascade:
 
     def _heart_evidence(self, prep: Prepared, center) -> float:
         """Expected number of heart voxels in the ROI at ``center``: sum of 1 - p(background)."""
-        roi, _ = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0)
+        roi, _ = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0,
+                      cover_short=self.cfg.infer.cover_short_axes)
         return float((1.0 - segment_roi(self.maunet, self.scn, roi)[..., 0]).sum())
 
     def predict_image(self, image: sitk.Image, modality: str | None = None,

@@ -74,6 +74,25 @@ def test_crop_paste_out_of_bounds():
     assert inside.sum() == 2 * 2 * 3  # start (-2, -2, 4): rows 0-1, cols 0-1, depth 4-6
 
 
+def test_crop_covers_every_slice_of_an_axis_shorter_than_the_roi():
+    """``cover_short``: a 14-slice stack in a 16-slice ROI keeps all 14 slices in the ROI for
+    any centre (centred on slice 9 the plain crop starts at slice 1 and drops slice 0); the ROI
+    moves as little as needed, and axes longer than the ROI are cropped as before."""
+    arr = np.random.default_rng(0).random((14, 40, 40)).astype(np.float32)
+    size = (16, 8, 8)
+    _, plain = crop(arr, (9, 20, 20), size)
+    assert plain[0] == 1                                      # slice 0 outside the ROI
+    for z in np.linspace(-3, 17, 41):
+        roi, start = crop(arr, (z, 20, 3), size, fill=-1, cover_short=True)
+        _, old = crop(arr, (z, 20, 3), size, fill=-1)
+        assert -2 <= start[0] <= 0                            # slices 0..13 all inside
+        assert abs(start[0] - old[0]) == max(0, old[0], -2 - old[0])   # the least move
+        np.testing.assert_array_equal(start[1:], old[1:])     # long axes unchanged (even at -1)
+        back = paste(roi, start, arr.shape, fill=-5)          # every slice comes back
+        w = slice(0, start[2] + 8)                            # the columns inside the ROI
+        np.testing.assert_array_equal(back[:, 16:24, w], arr[:, 16:24, w])
+
+
 def test_normalize_ranges():
     cfg = DataConfig()
     ct = normalize(np.array([-3000.0, -1000.0, 0.0, 1000.0, 3000.0]), "ct", cfg)

@@ -212,10 +212,16 @@ def prepare(image: sitk.Image, label: sitk.Image | None, cfg: DataConfig, modali
 
 
 def crop(arr: np.ndarray, center: np.ndarray, size: tuple[int, int, int],
-         fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """ROI of ``size`` around ``center`` (voxel index, D H W); returns (roi, start index)."""
+         fill: float = 0.0, cover_short: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """ROI of ``size`` around ``center`` (voxel index, D H W); returns (roi, start index).
+    ``cover_short``: along an axis where ``arr`` is shorter than the ROI, the ROI is moved (as
+    little as needed) to hold the whole axis, so no end slice of a short stack is cut off."""
     size = np.asarray(size)
     start = np.round(np.asarray(center, float)).astype(int) - size // 2
+    if cover_short:
+        n = np.asarray(arr.shape[:3])
+        short = n < size
+        start = np.where(short, np.clip(start, n - size, 0), start)
     out = np.full(tuple(size) + arr.shape[3:], fill, arr.dtype)
     src_lo = np.maximum(start, 0)
     src_hi = np.minimum(start + size, arr.shape[:3])
