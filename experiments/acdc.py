@@ -14,7 +14,11 @@ import sys
 from cm_trancaf.experiments import Setting, main
 
 SETTINGS = [Setting("MAUNet + SCN"),
-            Setting("MAUNet (SCN off)", ("scn.enabled=False",), same_run_as="MAUNet + SCN")]
+            Setting("MAUNet (SCN off)", ("scn.enabled=False",), same_run_as="MAUNet + SCN"),
+            # the ROI centred on the heart even where the stack is shorter than the ROI (before
+            # infer.cover_short_axes): the same trained run, predicted the old way
+            Setting("MAUNet + SCN, ROI centred", ("infer.cover_short_axes=False",),
+                    same_run_as="MAUNet + SCN")]
 # A 2D U-Net on the 100 ACDC training patients (Dangi et al., Med Phys 2019, Table II, "UNet"),
 # mean of RV, Myo, LV: https://pmc.ncbi.nlm.nih.gov/articles/PMC7372294/table/T2
 PUBLISHED = {"U-Net, ED (Dangi et al. 2019)": {"WHS_mean dice": 91.6, "WHS_mean jaccard": 85.0,
