@@ -374,6 +374,27 @@ def test_each_localizer_view_maps_its_peak_back_to_the_same_heart(views):
     assert np.all(np.abs(locate(identity, case, cfg) - heart) <= half_voxel)
 
 
+def test_a_stack_shorter_than_the_roi_keeps_every_slice_in_the_roi(seg_run, tiny_phantom):
+    """A volume with fewer working slices than the ROI, heart centre on its last slice: with
+    ``infer.cover_short_axes`` (default) the ROI holds slices 0..n-1; centred as before, it
+    starts past slice 0, which then cannot be segmented."""
+    from cm_trancaf.data.preprocess import prepare
+    src = sitk.ReadImage(str(tiny_phantom / "ct_test" / "ct_test_2001_image.nii.gz"))
+    short = src[:, :, 7:43]                                   # 36 x 4 mm: 24 working slices
+    for cover in (True, False):
+        cascade = Cascade.load(seg_run, infer=[f"infer.cover_short_axes={cover}",
+                                               "infer.refine_passes=0"])
+        prep = prepare(short, None, cascade.cfg.data, "ct", cascade.labelset.num_classes)
+        n, r = prep.image.shape[0], cascade.cfg.data.roi_size[0]
+        assert n < r
+        centre = np.array([n - 1, prep.image.shape[1] / 2, prep.image.shape[2] / 2])
+        _, _, start = cascade.segment(prep, center=centre)
+        if cover:
+            assert n - r <= start[0] <= 0
+        else:
+            assert start[0] == n - 1 - r // 2 > 0
+
+
 def test_prediction_time_inference_options(seg_run, tiny_phantom):
     """``infer`` overrides reach the loaded cascade; the networks and the rest stay the run's."""
     base = Cascade.load(seg_run)
