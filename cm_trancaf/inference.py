@@ -235,8 +235,7 @@ class Cascade:
                 if np.all(np.abs(new - center) < 1.0):      # already centred: done
                     break
                 center = new
-            roi, start = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0,
-                              cover_short=self.cfg.infer.cover_short_axes)
+            roi, start = self._crop(prep, center)
             clock("crop")
             probs = segment_roi(self.maunet, self.scn, roi, clock)
             if trace is not None:
@@ -252,10 +251,14 @@ class Cascade:
         clock("paste")
         return classes, probs, start
 
+    def _crop(self, prep: Prepared, center) -> tuple[np.ndarray, np.ndarray]:
+        """The ROI the cascade segments at ``center``, and its start index."""
+        return crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0,
+                    cover_short=self.cfg.infer.cover_short_axes)
+
     def _heart_evidence(self, prep: Prepared, center) -> float:
         """Expected number of heart voxels in the ROI at ``center``: sum of 1 - p(background)."""
-        roi, _ = crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0,
-                      cover_short=self.cfg.infer.cover_short_axes)
+        roi, _ = self._crop(prep, center)
         return float((1.0 - segment_roi(self.maunet, self.scn, roi)[..., 0]).sum())
 
     def predict_image(self, image: sitk.Image, modality: str | None = None,
