@@ -149,6 +149,11 @@ class MAUNetConfig:
     # on the labels' majority class per block of that level; the hybrid loss of level l weighs
     # 2^-l, the weights normalised to sum to 1. Prediction uses the finest head only.
     deep_supervision: int = 0
+    # Beyond the paper (False = off): z-score the ROI before the first convolution, with the mean
+    # and std of its voxels above -1 (padding and the volume's darkest percent left out), so the
+    # ROI's own contrast, not the whole field of view's percentiles, sets the input scale
+    # (nnU-Net z-scores each MRI image; here the ROI the MAUNet sees)
+    input_norm: bool = False
 
 
 @dataclass(frozen=True)

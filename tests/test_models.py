@@ -7,7 +7,7 @@ import pytest
 
 from cm_trancaf.config import get_preset
 from cm_trancaf.models.localizer import build_localizer, heatmap_peak
-from cm_trancaf.models.maunet import AttentionGate, PositionAttention, build_maunet
+from cm_trancaf.models.maunet import AttentionGate, PositionAttention, build_maunet, roi_zscore
 from cm_trancaf.models.mtn import ImagePool, build_mtn
 from cm_trancaf.models.scn import build_scn
 
@@ -48,6 +48,29 @@ def test_anisotropic_first_pooling_keeps_the_slices_of_level_one():
     assert iso.count_params() - net.count_params() == up0 * (8 - 4)
     with pytest.raises(ValueError, match=r"divisible by \(4, 8, 8\)"):
         build_maunet(cfg, 8, (6, 32, 32))
+
+
+def test_roi_zscore_ignores_padding_and_makes_the_maunet_contrast_invariant():
+    """``input_norm``: the ROI's voxels above -1 get mean 0 and std 1 (numpy reference), padding
+    at -1 does not enter the statistics and becomes the darkest value; a MAUNet with it gives the same probabilities for an ROI
+    and for the same ROI with its contrast and brightness changed (padding kept), and adds no
+    weights; without it the output changes."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.9, 1.0, (2, 8, 16, 16, 1)).astype(np.float32)
+    x[0, :3] = -1.0                                                  # 3 padded slices
+    z = np.asarray(roi_zscore(x))
+    for b in range(2):
+        inside = x[b] > -1
+        ref = (x[b] - x[b][inside].mean()) / x[b][inside].std()
+        ref = np.where(inside, ref, ref[inside].min())                # padding: the darkest value
+        np.testing.assert_allclose(z[b], ref, atol=1e-4)
+    y = np.where(x > -1, 0.5 * x + 0.3, -1.0).astype(np.float32)     # another contrast, same pad
+    cfg = dataclasses.replace(CFG.maunet, input_norm=True)
+    net = build_maunet(cfg, 4, (8, 16, 16))
+    np.testing.assert_allclose(np.asarray(net(y)), np.asarray(net(x)), atol=1e-4)
+    plain = build_maunet(CFG.maunet, 4, (8, 16, 16))
+    assert plain.count_params() == net.count_params()
+    assert np.abs(np.asarray(plain(y)) - np.asarray(plain(x))).max() > 1e-3
 
 
 def test_deep_supervision_heads_are_one_per_level_and_change_nothing_else():

@@ -24,7 +24,7 @@ from keras import layers, ops
 from ..config import MAUNetConfig
 from .blocks import ResidualBlock
 
-__all__ = ["AttentionGate", "PositionAttention", "MAUNet", "build_maunet"]
+__all__ = ["AttentionGate", "PositionAttention", "MAUNet", "build_maunet", "roi_zscore"]
 
 
 class AttentionGate(layers.Layer):
@@ -71,6 +71,25 @@ class PositionAttention(layers.Layer):
         return ops.cast(self.gamma, out.dtype) * out + x
 
 
+def roi_zscore(x, floor: float = -1.0, eps: float = 1e-6):
+    """Each sample of ``x`` (B, D, H, W, 1) minus the mean, over the std, of its voxels above
+    ``floor`` (the ROI's padding and the volume's clipped darkest percent are -1), which take the
+    darkest of those values; so the output does not change when the voxels above the floor are
+    scaled and shifted. A sample with no voxel above the floor becomes 0."""
+    dtype = x.dtype
+    x = ops.cast(x, "float32")
+    inside = x > floor + 1e-3
+    mask = ops.cast(inside, "float32")
+    axes = (1, 2, 3, 4)
+    n = ops.maximum(ops.sum(mask, axis=axes, keepdims=True), 1.0)
+    mean = ops.sum(x * mask, axis=axes, keepdims=True) / n
+    var = ops.sum(mask * ops.square(x - mean), axis=axes, keepdims=True) / n
+    z = (x - mean) / ops.sqrt(var + eps)
+    darkest = ops.min(ops.where(inside, z, 1e9), axis=axes, keepdims=True)
+    darkest = ops.where(darkest > 1e8, 0.0, darkest)
+    return ops.cast(ops.where(inside, z, darkest), dtype)
+
+
 class MAUNet(keras.Model):
     """MAUNet for inputs ``(B, D, H, W, 1)``, each axis divisible by its pooling."""
 
@@ -107,6 +126,8 @@ class MAUNet(keras.Model):
     def call(self, x, training=False, return_attention=False, return_deep=False):
         """Class probabilities (B, D, H, W, K); with ``return_deep`` a list, finest first, of the
         probabilities of decoder levels 0 .. deep_supervision, level l (B, D/2^l, .., K)."""
+        if self.cfg.input_norm:
+            x = roi_zscore(x)                                 # (B, D, H, W, 1), mean 0, std 1
         skips = []
         for level, block in enumerate(self.encoder):          # encoder, level l: (B, D/2^l, ..)
             x = block(x, training=training)
