@@ -52,9 +52,9 @@ def test_anisotropic_first_pooling_keeps_the_slices_of_level_one():
 
 def test_roi_zscore_ignores_padding_and_makes_the_maunet_contrast_invariant():
     """``input_norm``: the ROI's voxels above -1 get mean 0 and std 1 (numpy reference), padding
-    at -1 does not enter the statistics and becomes the darkest value; a MAUNet with it gives the same probabilities for an ROI
-    and for the same ROI with its contrast and brightness changed (padding kept), and adds no
-    weights; without it the output changes."""
+    at -1 does not enter the statistics and becomes the darkest value; a MAUNet with it gives the
+    same probabilities for an ROI and for the same ROI with its contrast and brightness changed
+    (padding kept), and adds no weights; without it the output changes."""
     rng = np.random.default_rng(0)
     x = rng.uniform(-0.9, 1.0, (2, 8, 16, 16, 1)).astype(np.float32)
     x[0, :3] = -1.0                                                  # 3 padded slices

@@ -1,6 +1,6 @@
 """MAUNet: U-shaped multi-attention network (SPEC module 2), the segmenter of the cascade.
 
-    x (B, 64, 64, 64, 1)
+    x (B, 64, 64, 64, 1)        (input_norm: z-scored over its voxels above -1, roi_zscore)
     level 0  ResidualBlock(F)   ------------------------------- AG -- concat -- Res(F) -- 1x1 -- softmax
       | maxpool (first_pool, 2^3 unless set)                     ^ g
     level 1  ResidualBlock(2F)  -------------------- AG -- concat -- Res(2F) -- up
