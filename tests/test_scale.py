@@ -149,6 +149,48 @@ def test_bfloat16_and_xla_steps_stay_close_to_float32(precision, jit, tol):
     assert logs[-1] < logs[0]                              # and it learns
 
 
+def _kernel_gradient_np(x: np.ndarray, dy: np.ndarray, ks: int = 3) -> np.ndarray:
+    """Float64 reference: d(sum(conv3d_same(x, K) * dy)) / dK, (ks, ks, ks, C_in, C_out)."""
+    p, (_, d, h, w, _) = ks // 2, x.shape
+    xp = np.pad(x, ((0, 0), (p, p), (p, p), (p, p), (0, 0)))
+    return np.stack([np.einsum("ndhwi,ndhwo->io", xp[:, a:a + d, b:b + h, c:c + w], dy)
+                     for a in range(ks) for b in range(ks) for c in range(ks)]
+                    ).reshape(ks, ks, ks, x.shape[-1], dy.shape[-1])
+
+
+def test_bfloat16_training_is_refused_where_the_conv_kernel_gradient_is_wrong(tiny_phantom,
+                                                                               tmp_path):
+    from cm_trancaf.train.scale import BF16_PROBE_SHAPE, bf16_conv_gradient_ok
+    from cm_trancaf.train.seg import train_segmentation
+    from cm_trancaf.utils import UserError
+    # the probe's verdict against an independent float64 reference (TensorFlow 2.21's CPU kernel
+    # is ~100 % off or NaN at this depth of 2; bfloat16 rounding alone gives ~0.4 %)
+    rng = np.random.default_rng(7)
+    errors = []
+    for _ in range(3):
+        x, dy = rng.normal(size=BF16_PROBE_SHAPE), rng.normal(size=BF16_PROBE_SHAPE)
+        k = tf.constant(0.05 * rng.normal(size=(3, 3, 3, 8, 8)), tf.bfloat16)
+        with tf.GradientTape() as tape:
+            tape.watch(k)
+            y = tf.nn.conv3d(tf.constant(x, tf.bfloat16), k, [1] * 5, "SAME")
+        got = tf.cast(tape.gradient(y, k, output_gradients=tf.constant(dy, tf.bfloat16)),
+                      tf.float64).numpy()
+        ref = _kernel_gradient_np(x, dy)
+        errors.append(np.abs(got - ref).max() / np.abs(ref).max())
+    right = all(np.isfinite(e) and e < 0.05 for e in errors)
+    assert bf16_conv_gradient_ok() == right, errors
+    # where it is wrong, a bfloat16 training stops with a clear error before writing anything
+    cfg = apply_overrides(get_preset("tiny"), ["run.precision=mixed_bfloat16"])
+    run_dir = tmp_path / "run"
+    if right:
+        summary = train_segmentation(cfg, tiny_phantom, run_dir, stages=("localizer",))
+        assert summary["localizer"]["steps"] == cfg.train_localizer.steps
+    else:
+        with pytest.raises(UserError, match="mixed_bfloat16.*float32"):
+            train_segmentation(cfg, tiny_phantom, run_dir, stages=("localizer",))
+        assert not run_dir.exists()
+
+
 def test_float16_uses_loss_scaling_and_keeps_float32_weights():
     # float16 kernels (Conv3D, MaxPool3D) exist on GPU only: a small model shows the mechanics
     with precision_policy("mixed_float16"):

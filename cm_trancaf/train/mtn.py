@@ -33,7 +33,8 @@ from ..losses import (adversarial_bce, adversarial_lsgan, cycle_l1, dice_focal,
 from ..models.mtn import ImagePool, build_mtn
 from ..utils import UserError, atomic_write_text
 from .loop import Run, train_loop
-from .scale import distribute, get_strategy, make_optimizer, make_step, scatter
+from .scale import (check_precision, distribute, get_strategy, make_optimizer, make_step,
+                    scatter)
 
 __all__ = ["lr_at", "make_mtn_steps", "train_mtn"]
 
@@ -128,6 +129,7 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
     ``mtn.shape_weight`` > 0 also needs it: its MAUNet is S_t of the shape term, which learns
     from the other labelled source cases (all of them if there are no others)."""
     run_dir, m = Path(run_dir), cfg.mtn
+    check_precision(cfg.run.precision)
     source = source or {"modality": "mr", "split": "train"}
     target = target or {"modality": "ct", "split": "train"}
     src_mod = source.get("modality", "mr") if layout == "mmwhs" else "mr"

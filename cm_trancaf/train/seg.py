@@ -34,7 +34,7 @@ from ..models.maunet import build_maunet
 from ..models.scn import build_scn
 from ..utils import UserError, atomic_write_text
 from .loop import Run, train_loop
-from .scale import distribute, get_strategy, make_optimizer, make_step
+from .scale import check_precision, distribute, get_strategy, make_optimizer, make_step
 
 __all__ = ["prepare_cases", "split_cases", "pick_generated", "train_localizer", "train_maunet",
            "corrupt_probs", "train_scn", "train_segmentation", "lr_schedule"]
@@ -274,6 +274,7 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise UserError(f"unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
+    check_precision(cfg.run.precision)
     labelset = get_labelset(cfg.data.labels, codes)
     if layout == "mmwhs":
         layout_kw = {"modality": cfg.data.modality, "split": "train", **layout_kw}
