@@ -37,7 +37,8 @@ from .models.mtn import build_mtn
 from .models.scn import build_scn
 from .utils import UserError
 
-__all__ = ["PRECISIONS", "precision_policy", "locate", "view_peaks", "segment_roi",
+__all__ = ["PRECISIONS", "precision_policy", "check_precision", "bf16_conv_gradient_ok",
+           "float16_kernels_exist", "locate", "view_peaks", "segment_roi",
            "center_errors_mm", "Cascade", "is_export", "load_exported", "load_generator",
            "translate_volume", "anatomy_monitor", "denormalize"]
 
@@ -55,6 +56,74 @@ def precision_policy(name: str):
         yield
     finally:
         keras.config.set_dtype_policy(old)
+
+
+# The probe of bf16_conv_gradient_ok: a batch of 2 inputs two voxels deep, 8 channels, 3^3 kernel.
+BF16_PROBE_SHAPE = (2, 2, 8, 8, 8)
+BF16_PROBE_TOL = 0.05           # bfloat16 rounding gives ~0.4 % relative error; the bug ~100 % or NaN
+
+
+def bf16_conv_gradient_ok(trials: int = 3) -> bool:
+    """Whether this machine's bfloat16 Conv3D kernel gradient (the gradient of a 3^3 "same"
+    convolution with respect to its kernel) agrees with float32 on inputs two voxels deep.
+
+    TensorFlow 2.21's CPU kernel (oneDNN) does not: for a depth of 2 it returns NaN, Inf or values
+    ~100 % off (2026-12-03, AMD EPYC with AVX512_BF16; at depths 1, 3, 4 and 16, and for H or W = 2,
+    the error is the 0.4 % of bfloat16 rounding; float32 and the forward pass are right). That is
+    the depth of the `cmr_cpu` MAUNet's deepest level (16 slices pooled 3 times): `train-seg
+    --preset cmr_cpu --precision mixed_bfloat16` met a non-finite gradient at step 3, and where the
+    values stay finite they would corrupt training silently. The wrong values vary from call to
+    call, so ``trials`` probes are made."""
+    rng = np.random.default_rng(0)
+    for _ in range(trials):
+        x = rng.normal(size=BF16_PROBE_SHAPE)
+        k = 0.05 * rng.normal(size=(3, 3, 3) + BF16_PROBE_SHAPE[-1:] * 2)
+        dy = rng.normal(size=BF16_PROBE_SHAPE)
+        grads = []
+        for dtype in (tf.float32, tf.bfloat16):
+            kernel = tf.constant(k, dtype)
+            with tf.GradientTape() as tape:
+                tape.watch(kernel)
+                y = tf.nn.conv3d(tf.constant(x, dtype), kernel, [1] * 5, "SAME")
+            g = tape.gradient(y, kernel, output_gradients=tf.constant(dy, dtype))
+            grads.append(tf.cast(g, tf.float64).numpy())
+        ref, got = grads
+        err = np.abs(got - ref).max() / np.abs(ref).max()
+        if not np.isfinite(err) or err > BF16_PROBE_TOL:
+            return False
+    return True
+
+
+def float16_kernels_exist() -> bool:
+    """Whether the default device runs float16 Conv3D and MaxPool3D (GPUs; TensorFlow's CPU
+    kernels are float32 / bfloat16 only)."""
+    x = tf.zeros((1, 2, 2, 2, 1), tf.float16)
+    try:
+        tf.nn.max_pool3d(tf.nn.conv3d(x, tf.zeros((1, 1, 1, 1, 1), tf.float16), [1] * 5, "SAME"),
+                         2, 2, "VALID")
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
+            tf.errors.UnimplementedError):
+        return False
+    return True
+
+
+def check_precision(precision: str, training: bool) -> None:
+    """One clear error, before anything is written, for a precision this machine cannot compute
+    with: mixed_float16 without float16 kernels (a CPU), and for training mixed_bfloat16 where
+    :func:`bf16_conv_gradient_ok` fails (TensorFlow's CPU kernel; prediction, forward only, is
+    right)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"run.precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "mixed_float16" and not float16_kernels_exist():
+        raise UserError("precision mixed_float16 needs a GPU: TensorFlow has no float16 Conv3D / "
+                        "MaxPool3D kernels on this machine's CPU; use float32 (or "
+                        "mixed_bfloat16 to predict)")
+    if training and precision == "mixed_bfloat16" and not bf16_conv_gradient_ok():
+        raise UserError(
+            "run.precision=mixed_bfloat16: this machine's bfloat16 Conv3D kernel gradient is "
+            "wrong (TensorFlow's CPU kernel returns NaN or ~100 % errors for inputs two voxels "
+            "deep, e.g. cmr_cpu's deepest MAUNet level); train in float32 here, or use "
+            "mixed_bfloat16 on a GPU")
 
 
 def locate(localizer, case: Prepared, cfg: ExperimentConfig, k: int = 1):
@@ -175,6 +244,7 @@ class Cascade:
         ``infer``: overrides of the run's inference options (``infer.KEY=VALUE`` only: the other
         sections describe the trained networks)."""
         run_dir = Path(run_dir)
+        check_precision(precision, training=False)
         other = [o for o in infer if not o.strip().startswith("infer.")]
         if other:
             raise UserError(f"{other}: only infer.* options can change at prediction time")

@@ -160,7 +160,7 @@ def _kernel_gradient_np(x: np.ndarray, dy: np.ndarray, ks: int = 3) -> np.ndarra
 
 def test_bfloat16_training_is_refused_where_the_conv_kernel_gradient_is_wrong(tiny_phantom,
                                                                                tmp_path):
-    from cm_trancaf.train.scale import BF16_PROBE_SHAPE, bf16_conv_gradient_ok
+    from cm_trancaf.inference import BF16_PROBE_SHAPE, bf16_conv_gradient_ok
     from cm_trancaf.train.seg import train_segmentation
     from cm_trancaf.utils import UserError
     # the probe's verdict against an independent float64 reference (TensorFlow 2.21's CPU kernel
@@ -189,6 +189,23 @@ def test_bfloat16_training_is_refused_where_the_conv_kernel_gradient_is_wrong(ti
         with pytest.raises(UserError, match="mixed_bfloat16.*float32"):
             train_segmentation(cfg, tiny_phantom, run_dir, stages=("localizer",))
         assert not run_dir.exists()
+
+
+def test_float16_without_float16_kernels_is_a_clear_error_before_anything_is_written(
+        tiny_phantom, seg_run, tmp_path):
+    from cm_trancaf.inference import Cascade, float16_kernels_exist
+    from cm_trancaf.train.seg import train_segmentation
+    from cm_trancaf.utils import UserError
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU has float16 kernels: nothing to refuse")
+    assert not float16_kernels_exist()        # TensorFlow's CPU Conv3D / MaxPool3D: no float16
+    cfg = apply_overrides(get_preset("tiny"), ["run.precision=mixed_float16"])
+    with pytest.raises(UserError, match="mixed_float16 needs a GPU"):
+        train_segmentation(cfg, tiny_phantom, tmp_path / "run", stages=("localizer",))
+    assert not (tmp_path / "run").exists()    # was: a TF traceback after config.json was written
+    with pytest.raises(UserError, match="mixed_float16 needs a GPU"):
+        Cascade.load(seg_run, precision="mixed_float16")
+    Cascade.load(seg_run, precision="mixed_bfloat16")   # prediction in bfloat16 stays allowed
 
 
 def test_float16_uses_loss_scaling_and_keeps_float32_weights():

@@ -27,14 +27,13 @@ from ..data.datasets import Case, find_cases
 from ..data.io import read_image
 from ..data.pipeline import patch_dataset, roi_dataset
 from ..data.preprocess import Prepared, prepare
-from ..inference import Cascade, anatomy_monitor, precision_policy
+from ..inference import Cascade, anatomy_monitor, check_precision, precision_policy
 from ..losses import (adversarial_bce, adversarial_lsgan, cycle_l1, dice_focal,
                       discriminator_loss, identity_l1)
 from ..models.mtn import ImagePool, build_mtn
 from ..utils import UserError, atomic_write_text
 from .loop import Run, train_loop
-from .scale import (check_precision, distribute, get_strategy, make_optimizer, make_step,
-                    scatter)
+from .scale import distribute, get_strategy, make_optimizer, make_step, scatter
 
 __all__ = ["lr_at", "make_mtn_steps", "train_mtn"]
 
@@ -129,7 +128,7 @@ def train_mtn(cfg: ExperimentConfig, data_root, run_dir, layout: str = "mmwhs",
     ``mtn.shape_weight`` > 0 also needs it: its MAUNet is S_t of the shape term, which learns
     from the other labelled source cases (all of them if there are no others)."""
     run_dir, m = Path(run_dir), cfg.mtn
-    check_precision(cfg.run.precision)
+    check_precision(cfg.run.precision, training=True)
     source = source or {"modality": "mr", "split": "train"}
     target = target or {"modality": "ct", "split": "train"}
     src_mod = source.get("modality", "mr") if layout == "mmwhs" else "mr"

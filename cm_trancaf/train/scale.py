@@ -23,14 +23,13 @@ import os
 from typing import Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from ..utils import UserError
 from .loop import apply_if_finite, use_determinism
 
-__all__ = ["STRATEGIES", "get_strategy", "start_runtime", "check_precision",
-           "bf16_conv_gradient_ok", "make_optimizer", "make_step", "scatter", "distribute"]
+__all__ = ["STRATEGIES", "get_strategy", "start_runtime", "make_optimizer", "make_step", "scatter",
+           "distribute"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 _CACHE: dict[str, tf.distribute.Strategy] = {}
@@ -70,54 +69,6 @@ def start_runtime(strategy: str, deterministic: bool) -> None:
         get_strategy("multiworker")
     except UserError:                              # no TF_CONFIG: the command says so
         pass
-
-
-# The probe of bf16_conv_gradient_ok: a batch of 2 inputs two voxels deep, 8 channels, 3^3 kernel.
-BF16_PROBE_SHAPE = (2, 2, 8, 8, 8)
-BF16_PROBE_TOL = 0.05           # bfloat16 rounding gives ~0.4 % relative error; the bug ~100 % or NaN
-
-
-def bf16_conv_gradient_ok(trials: int = 3) -> bool:
-    """Whether this machine's bfloat16 Conv3D kernel gradient (the gradient of a 3^3 "same"
-    convolution with respect to its kernel) agrees with float32 on inputs two voxels deep.
-
-    TensorFlow 2.21's CPU kernel (oneDNN) does not: for a depth of 2 it returns NaN, Inf or values
-    ~100 % off (2026-12-03, AMD EPYC with AVX512_BF16; at depths 1, 3, 4 and 16, and for H or W = 2,
-    the error is the 0.4 % of bfloat16 rounding; float32 and the forward pass are right). That is
-    the depth of the `cmr_cpu` MAUNet's deepest level (16 slices pooled 3 times): `train-seg
-    --preset cmr_cpu --precision mixed_bfloat16` met a non-finite gradient at step 3, and where the
-    values stay finite they would corrupt training silently. The wrong values vary from call to
-    call, so ``trials`` probes are made."""
-    rng = np.random.default_rng(0)
-    for _ in range(trials):
-        x = rng.normal(size=BF16_PROBE_SHAPE)
-        k = 0.05 * rng.normal(size=(3, 3, 3) + BF16_PROBE_SHAPE[-1:] * 2)
-        dy = rng.normal(size=BF16_PROBE_SHAPE)
-        grads = []
-        for dtype in (tf.float32, tf.bfloat16):
-            kernel = tf.constant(k, dtype)
-            with tf.GradientTape() as tape:
-                tape.watch(kernel)
-                y = tf.nn.conv3d(tf.constant(x, dtype), kernel, [1] * 5, "SAME")
-            g = tape.gradient(y, kernel, output_gradients=tf.constant(dy, dtype))
-            grads.append(tf.cast(g, tf.float64).numpy())
-        ref, got = grads
-        err = np.abs(got - ref).max() / np.abs(ref).max()
-        if not np.isfinite(err) or err > BF16_PROBE_TOL:
-            return False
-    return True
-
-
-def check_precision(precision: str) -> None:
-    """One clear error, before a run folder is written, for a training precision this machine
-    computes wrongly: mixed_bfloat16 where :func:`bf16_conv_gradient_ok` fails (TensorFlow's CPU
-    kernels; GPUs use cuDNN's). Prediction is not affected (the forward pass is right)."""
-    if precision == "mixed_bfloat16" and not bf16_conv_gradient_ok():
-        raise UserError(
-            "run.precision=mixed_bfloat16: this machine's bfloat16 Conv3D kernel gradient is "
-            "wrong (TensorFlow's CPU kernel returns NaN or ~100 % errors for inputs two voxels "
-            "deep, e.g. cmr_cpu's deepest MAUNet level); train in float32 here, or use "
-            "mixed_bfloat16 on a GPU")
 
 
 def make_optimizer(optimizer, precision: str):

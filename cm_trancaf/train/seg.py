@@ -26,7 +26,7 @@ from ..config import ExperimentConfig, SCNConfig, save_config
 from ..data.datasets import Case, LabelSet, find_cases, generated_cases, get_labelset, load_case
 from ..data.pipeline import localizer_dataset, roi_dataset
 from ..data.preprocess import Prepared, crop, foreground_center, prepare
-from ..inference import center_errors_mm, precision_policy, segment_roi
+from ..inference import center_errors_mm, check_precision, precision_policy, segment_roi
 from ..losses import deep_dice_focal, dice_focal, heatmap_l2
 from ..metrics import overlap
 from ..models.localizer import build_localizer
@@ -34,7 +34,7 @@ from ..models.maunet import build_maunet
 from ..models.scn import build_scn
 from ..utils import UserError, atomic_write_text
 from .loop import Run, train_loop
-from .scale import check_precision, distribute, get_strategy, make_optimizer, make_step
+from .scale import distribute, get_strategy, make_optimizer, make_step
 
 __all__ = ["prepare_cases", "split_cases", "pick_generated", "train_localizer", "train_maunet",
            "corrupt_probs", "train_scn", "train_segmentation", "lr_schedule"]
@@ -274,7 +274,7 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise UserError(f"unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
-    check_precision(cfg.run.precision)
+    check_precision(cfg.run.precision, training=True)
     labelset = get_labelset(cfg.data.labels, codes)
     if layout == "mmwhs":
         layout_kw = {"modality": cfg.data.modality, "split": "train", **layout_kw}
