@@ -164,3 +164,28 @@ def test_shape_term_needs_a_target_segmenter(tiny_phantom, tmp_path):
     with pytest.raises(UserError, match="--anatomy-run"):
         train_mtn(cfg, tiny_phantom, tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_instance_norm_in_D_hides_a_patch_s_contrast_and_disc_norm_false_shows_it():
+    # At initialisation (zero biases) conv -> LeakyReLU is positively homogeneous, so a D whose
+    # middle layers are instance-normalised gives the same map for a patch x and 3 x; without
+    # the norm (mtn.disc_norm=False) the map scales with the patch. This is why a D with IN
+    # hardly separates normalised bSSFP from LGE patches (README, "Beyond the paper").
+    import keras
+    from cm_trancaf.models.mtn import Discriminator
+    cfg = get_preset("cmr_cpu").mtn
+    x = np.random.default_rng(0).normal(size=(1, *cfg.patch_size, 1)).astype("float32")
+    outs = {}
+    for norm in (True, False):
+        keras.utils.set_random_seed(0)
+        d = Discriminator(apply_overrides(get_preset("cmr_cpu"),
+                                          [f"mtn.disc_norm={norm}"]).mtn)
+        a, b = np.asarray(d(x)), np.asarray(d(3.0 * x))
+        n_norm = sum(isinstance(l, keras.layers.GroupNormalization) for l in d._flatten_layers())
+        outs[norm] = (a, b, n_norm)
+    a, b, n_norm = outs[True]
+    assert n_norm == cfg.disc_layers and a.shape == outs[False][0].shape
+    np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(a).max())       # contrast invisible
+    a, b, n_norm = outs[False]
+    assert n_norm == 0
+    np.testing.assert_allclose(b, 3.0 * a, rtol=1e-4, atol=1e-6)        # contrast seen

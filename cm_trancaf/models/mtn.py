@@ -9,6 +9,7 @@
     D_c, D_m: 3D PatchGAN
         C(F, 4, s2) -- LeakyReLU -- [C(2^i F, 4, s2) -- IN -- LeakyReLU] x (L-1)
         -- C(2^L F, 4, s1) -- IN -- LeakyReLU -- C(1, 4, s1)  -> real/fake map (logits)
+        ``disc_norm=False`` (beyond the paper): no IN in D
 
 Loss (SPEC): L = L_GAN(G_c, D_c) + L_GAN(G_m, D_m) + lambda * L_cycle + w_id * L_identity,
 L_cycle = |G_m(G_c(m)) - m|_1 + |G_c(G_m(c)) - c|_1, L_identity = |G_c(c) - c|_1 + |G_m(m) - m|_1
@@ -69,9 +70,10 @@ class Discriminator(keras.Model):
         super().__init__(**kwargs)
         f, n = cfg.disc_filters, cfg.disc_layers
         self.blocks = [ConvNormAct(f, 4, strides=2, activation="leaky_relu", norm=False)]
-        self.blocks += [ConvNormAct(f * 2 ** i, 4, strides=2, activation="leaky_relu")
+        norm = cfg.disc_norm                                   # IN (CycleGAN) or none
+        self.blocks += [ConvNormAct(f * 2 ** i, 4, strides=2, activation="leaky_relu", norm=norm)
                         for i in range(1, n)]
-        self.blocks += [ConvNormAct(f * 2 ** n, 4, strides=1, activation="leaky_relu")]
+        self.blocks += [ConvNormAct(f * 2 ** n, 4, strides=1, activation="leaky_relu", norm=norm)]
         self.out = layers.Conv3D(1, 4, padding="same", dtype="float32")
 
     def call(self, x, training=False):
