@@ -115,7 +115,9 @@ class CycleGANConfig:
     # paper, False: no normalisation in D. On MS-CMRSeg's 8 x 48 x 48 cmr_cpu patches a D trained
     # alone (G the identity) separates held-out bSSFP from LGE patches at 0.56 / 0.68 accuracy with
     # it (1000 steps lr 2e-4 / 3000 steps lr 1e-3) and 0.89 without it (3000 steps): per-patch
-    # normalisation over a few voxels at depth 2 or 1 removes the contrast that tells them apart
+    # normalisation over a few voxels at depth 2 or 1 removes the contrast that tells them apart.
+    # In the MTN (residual G, w_id 0, 3000 steps) D_c then beats chance and G changes the bSSFP,
+    # but the FCN score falls (45.4 vs 46.3 % untranslated; development, README): not adopted
     disc_norm: bool = True
     patch_size: tuple[int, int, int] = (64, 64, 64)
     lam: float = 10.0                          # lambda, weight of L_cycle (SPEC; ablation 5/10/20)
