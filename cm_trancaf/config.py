@@ -113,8 +113,8 @@ class CycleGANConfig:
     disc_layers: int = 3                       # PatchGAN strided convolutions
     # InstanceNorm in D's middle layers (the PatchGAN of CycleGAN; True in every preset). Beyond the
     # paper, False: no normalisation in D. On MS-CMRSeg's 8 x 48 x 48 cmr_cpu patches a D trained
-    # alone (G the identity) separates held-out bSSFP from LGE patches at 0.56 / 0.68 accuracy with
-    # it (1000 steps lr 2e-4 / 3000 steps lr 1e-3) and 0.89 without it (3000 steps): per-patch
+    # alone (G the identity; benchmarks/disc_separation.py, 3000 steps) separates held-out bSSFP
+    # from LGE patches at 0.69 accuracy with it and 0.83 without it: per-patch
     # normalisation over a few voxels at depth 2 or 1 removes the contrast that tells them apart.
     # In the MTN (residual G, w_id 0, 3000 steps) D_c then beats chance and G changes the bSSFP,
     # but the FCN score falls (45.4 vs 46.3 % untranslated; development, README): not adopted
