@@ -59,6 +59,9 @@ def separation(disc, real, fake, real_held, fake_held, steps: int, lr: float, be
 
 
 def main(argv=None) -> int:
+    # the benchmark beside this one (benchmarks/ is on sys.path when run as a script): the
+    # experiment's MTN cases and the options that choose them
+    from mtn_anatomy import add_cohort_arguments, mtn_cases
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="MS-CMRSeg root (C0/, LGE/)")
@@ -69,9 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--report-every", type=int, default=500)
     p.add_argument("--held-out", type=float, default=0.2, help="share of each domain's patients")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=5)
-    p.add_argument("--n-unlabelled", type=int, default=5)
-    p.add_argument("--split-seed", type=int, default=0, help="the experiment's patient split")
+    add_cohort_arguments(p)
     p.add_argument("--out", required=True, help="CSV file")
     args = p.parse_args(argv)
 
@@ -82,7 +83,6 @@ def main(argv=None) -> int:
     from cm_trancaf.data.preprocess import prepare
     from cm_trancaf.models.mtn import Discriminator
     from cm_trancaf.utils import UserError
-    from mtn_anatomy import mtn_cases      # the benchmark beside this one: the experiment's MTN cases
 
     cfg = apply_overrides(get_preset(args.preset), ["data.labels=mscmrseg"] + args.overrides)
     m = cfg.mtn

@@ -33,6 +33,13 @@ def mtn_cases(data: Path, n_train: int, n_unlabelled: int, split_seed: int):
     return cohort, list(cohort.source), cohort.mtn_images(test)
 
 
+def add_cohort_arguments(p: argparse.ArgumentParser) -> None:
+    """The experiment's cohort options that :func:`mtn_cases` takes."""
+    p.add_argument("--n-train", type=int, default=5)
+    p.add_argument("--n-unlabelled", type=int, default=5)
+    p.add_argument("--split-seed", type=int, default=0, help="the experiment's patient split")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,9 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="cmr_cpu")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=5)
-    p.add_argument("--n-unlabelled", type=int, default=5)
-    p.add_argument("--split-seed", type=int, default=0, help="the experiment's patient split")
+    add_cohort_arguments(p)
     p.add_argument("--out", required=True, help="new MTN run folder")
     args = p.parse_args(argv)
 
