@@ -86,6 +86,7 @@ def main(argv=None) -> int:
 
     cfg = apply_overrides(get_preset(args.preset), ["data.labels=mscmrseg"] + args.overrides)
     m = cfg.mtn
+    lr = args.lr or m.lr
     if not 0 < args.held_out < 1:
         raise UserError(f"--held-out must be in (0, 1), got {args.held_out}")
     _, source, target = mtn_cases(Path(args.data), args.n_train, args.n_unlabelled,
@@ -108,14 +109,14 @@ def main(argv=None) -> int:
     disc = Discriminator(m)
     rows = separation(disc, patches(tgt_train, args.seed), patches(src_train, args.seed + 7),
                       patches(tgt_held, args.seed + 100), patches(src_held, args.seed + 101),
-                      args.steps, args.lr or m.lr, m.beta_1, args.report_every)
+                      args.steps, lr, m.beta_1, args.report_every)
     table = pd.DataFrame(rows)
     table.insert(0, "setting", " ".join(args.overrides) or args.preset)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     print(f"D_c alone, {len(src_train)} / {len(src_held)} source and {len(tgt_train)} / "
-          f"{len(tgt_held)} target patients (train / held out), lr {args.lr or m.lr}:")
+          f"{len(tgt_held)} target patients (train / held out), lr {lr}:")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 

@@ -48,14 +48,18 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 @contextlib.contextmanager
 def precision_policy(name: str):
     """Keras' global dtype policy while the models are built, restored afterwards."""
-    if name not in PRECISIONS:
-        raise UserError(f"run.precision must be one of {PRECISIONS}, got {name!r}")
+    _check_known(name)
     old = keras.config.dtype_policy()
     keras.config.set_dtype_policy(name)
     try:
         yield
     finally:
         keras.config.set_dtype_policy(old)
+
+
+def _check_known(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"run.precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 # The probe of bf16_conv_gradient_ok: a batch of 2 inputs two voxels deep, 8 channels, 3^3 kernel.
@@ -112,8 +116,7 @@ def check_precision(precision: str, training: bool) -> None:
     with: mixed_float16 without float16 kernels (a CPU), and for training mixed_bfloat16 where
     :func:`bf16_conv_gradient_ok` fails (TensorFlow's CPU kernel; prediction, forward only, is
     right)."""
-    if precision not in PRECISIONS:
-        raise UserError(f"run.precision must be one of {PRECISIONS}, got {precision!r}")
+    _check_known(precision)
     if precision == "mixed_float16" and not float16_kernels_exist():
         raise UserError("precision mixed_float16 needs a GPU: TensorFlow has no float16 Conv3D / "
                         "MaxPool3D kernels on this machine's CPU; use float32 (or "
