@@ -219,6 +219,17 @@ class InferenceConfig:
     # the heart it cut off an end slice of 2 of the 5 MS-CMRSeg development LGE stacks; ACDC dev
     # split +0.17 points, HD -1.3 mm (README). False: the ROI stays centred (before this option)
     cover_short_axes: bool = True
+    # along an axis longer than the ROI, keep the ROI inside the volume (moved as little as
+    # needed) rather than centred with padding past the volume's end
+    roi_inside: bool = False
+    # tiles that follow a heart larger than the ROI: where the segmented heart touches a face of
+    # the ROI and the volume goes on beyond it, an ROI-sized tile moved by extend_step_mm (at
+    # least one voxel, at most half an ROI) along that axis is segmented too and the tiles'
+    # probabilities blended (weights high in a tile's middle), up to this many tiles besides the
+    # ROI. 0: the ROI alone (the paper). The step stays near the +-15 mm centre jitter the MAUNet
+    # trains on: moved by half an ROI (48-64 mm) a tile draws a heart in its middle (ACDC dev)
+    extend_tiles: int = 0
+    extend_step_mm: float = 16.0
     # heart candidates, a fallback for a heart the localizer misses: when the ROI at the highest
     # heatmap peak holds less than candidate_min_ml of expected heart (sum of 1 - p(background)),
     # the next peaks (candidate_separation_mm apart) are segmented and the ROI with the most heart

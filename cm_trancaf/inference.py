@@ -154,6 +154,10 @@ def check_infer(cfg: ExperimentConfig) -> None:
         raise UserError(f"infer.shift_views must be 1 or 7, got {cfg.infer.shift_views}")
     if cfg.infer.shift_mm <= 0:
         raise UserError(f"infer.shift_mm must be > 0, got {cfg.infer.shift_mm}")
+    if cfg.infer.extend_tiles < 0:
+        raise UserError(f"infer.extend_tiles must be >= 0, got {cfg.infer.extend_tiles}")
+    if cfg.infer.extend_step_mm <= 0:
+        raise UserError(f"infer.extend_step_mm must be > 0, got {cfg.infer.extend_step_mm}")
 
 
 def view_peaks(localizer, case: Prepared, cfg: ExperimentConfig, views: int = 1) -> list:
@@ -206,6 +210,66 @@ def shifted_average(maunet, scn, prep: Prepared, start, probs: np.ndarray,
         total[here] += shifted[there]
         count[here] += 1
     return (total / count).astype(np.float32)
+
+
+def blend_tiles(tiles: dict, size) -> tuple[np.ndarray, np.ndarray]:
+    """Start and probabilities (D', H', W', K) of the box holding ``tiles`` ({key: (start,
+    probs)}, each probs of ROI ``size``): each voxel the tiles' weighted mean (:func:`_window`,
+    high in a tile's middle), background where no tile holds it; one tile is returned as it is."""
+    if len(tiles) == 1:
+        return next(iter(tiles.values()))
+    size = np.asarray(size)
+    starts = np.array([t[0] for t in tiles.values()])
+    lo, hi = starts.min(0), starts.max(0) + size
+    k = next(iter(tiles.values()))[1].shape[-1]
+    total = np.zeros(tuple(hi - lo) + (k,), np.float64)
+    weight = np.zeros(tuple(hi - lo) + (1,), np.float64)
+    w = _window(size)[..., None]
+    for start, probs in tiles.values():
+        box = tuple(slice(a, a + s) for a, s in zip(start - lo, size))
+        total[box] += w * probs
+        weight[box] += w
+    empty = weight[..., 0] == 0
+    total[empty] = np.eye(k)[0]                                # no tile: background
+    weight[empty] = 1.0
+    return lo, (total / weight).astype(np.float32)
+
+
+def extend_tiles(maunet, scn, prep: Prepared, start, probs: np.ndarray, max_tiles: int,
+                 step_mm: float, inside: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Follow a heart larger than the ROI (``infer.extend_tiles``). While the blended heart
+    (argmax > 0) touches a face of a tile and the volume goes on beyond that face, the tile moved
+    by ``step_mm`` (at least one voxel, at most half the ROI) across it (kept inside the volume
+    with ``inside``) is segmented too, up to ``max_tiles`` tiles besides the ROI at ``start``.
+    Returns the start and probabilities (D', H', W', K) of the box of all tiles, blended by
+    :func:`blend_tiles`."""
+    size = np.asarray(probs.shape[:3])
+    n = np.asarray(prep.image.shape[:3])
+    step = np.round(step_mm / np.asarray(prep.grid.spacing)[::-1]).astype(int)   # D H W voxels
+    step = np.clip(step, 1, size // 2)
+    tiles = {(0, 0, 0): (np.asarray(start), probs)}
+    queue = [(0, 0, 0)]
+    while queue and len(tiles) <= max_tiles:
+        key = queue.pop(0)
+        t0 = tiles[key][0]
+        lo, merged = blend_tiles(tiles, size)
+        fg = np.argmax(merged, -1) > 0
+        fg = fg[tuple(slice(a, a + s) for a, s in zip(t0 - lo, size))]   # this tile's part
+        for axis in range(3):
+            for side in (-1, 1):
+                nb = tuple(np.add(key, side * np.eye(3, dtype=int)[axis]))
+                face = np.take(fg, 0 if side < 0 else -1, axis=axis)
+                beyond = t0[axis] > 0 if side < 0 else t0[axis] + size[axis] < n[axis]
+                if nb in tiles or not face.any() or not beyond or len(tiles) > max_tiles:
+                    continue
+                s = t0.copy()
+                s[axis] += side * step[axis]
+                if inside and n[axis] >= size[axis]:
+                    s[axis] = np.clip(s[axis], 0, n[axis] - size[axis])
+                roi, s = crop(prep.image, s + size // 2, tuple(size), fill=-1.0)
+                tiles[nb] = (s, segment_roi(maunet, scn, roi))
+                queue.append(nb)
+    return blend_tiles(tiles, size)
 
 
 def largest_components(probs: np.ndarray) -> np.ndarray:
@@ -318,6 +382,12 @@ class Cascade:
         if self.cfg.infer.shift_views > 1:
             probs = shifted_average(self.maunet, self.scn, prep, start, probs,
                                     self.cfg.infer.shift_mm)
+        if self.cfg.infer.extend_tiles > 0:
+            start, probs = extend_tiles(self.maunet, self.scn, prep, start, probs,
+                                        self.cfg.infer.extend_tiles,
+                                        self.cfg.infer.extend_step_mm, self.cfg.infer.roi_inside)
+            if trace is not None:
+                trace["roi_shape"] = list(probs.shape[:3])
         if self.cfg.infer.largest_component:
             probs = largest_components(probs)
         classes = paste(np.argmax(probs, -1).astype(np.uint8), start, prep.image.shape, 0)
@@ -327,7 +397,7 @@ class Cascade:
     def _crop(self, prep: Prepared, center) -> tuple[np.ndarray, np.ndarray]:
         """The ROI the cascade segments at ``center``, and its start index."""
         return crop(prep.image, center, self.cfg.data.roi_size, fill=-1.0,
-                    cover_short=self.cfg.infer.cover_short_axes)
+                    cover_short=self.cfg.infer.cover_short_axes, inside=self.cfg.infer.roi_inside)
 
     def _heart_evidence(self, prep: Prepared, center) -> float:
         """Expected number of heart voxels in the ROI at ``center``: sum of 1 - p(background)."""

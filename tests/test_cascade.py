@@ -83,7 +83,10 @@ def test_cli_end_to_end_and_bad_inputs(seg_run, tiny_phantom, tmp_path, capsys):
                  ["predict", "--run", str(seg_run), "--input", str(tiny_phantom / "ct_test"),
                   "--out", str(tmp_path / "q"), "--set", "data.spacing=(1.0, 1.0, 1.0)"],
                  ["predict", "--run", str(seg_run), "--input", str(tiny_phantom / "ct_test"),
-                  "--out", str(tmp_path / "q"), "--set", "infer.localizer_views=3"]):
+                  "--out", str(tmp_path / "q"), "--set", "infer.localizer_views=3"],
+                 ["predict", "--run", str(seg_run), "--input", str(tiny_phantom / "ct_test"),
+                  "--out", str(tmp_path / "q"), "--set", "infer.extend_tiles=2",
+                  "--set", "infer.extend_step_mm=0.0"]):
         # in this process (the commands above ran as a user runs them): one line, exit code 2
         rc, err = main(args), capsys.readouterr().err
         assert rc == 2, (args, err)
@@ -435,6 +438,54 @@ def test_test_time_shifts_align_every_shifted_roi_with_the_first():
             np.testing.assert_allclose(avg, probs, rtol=1e-5, atol=1e-6)
         else:
             assert np.abs(avg - probs).max() > 0.05
+
+
+def test_extension_tiles_follow_a_heart_longer_than_the_roi():
+    """``infer.extend_tiles``: with a segmenter that is a voxelwise function of the image, a
+    heart (a bright bar) 40 slices long seen through a 16-slice ROI is recovered whole (every
+    voxel of the bar, nothing else) once tiles follow it across the ROI's faces; at 0 tiles, or
+    with a heart inside the ROI, the ROI comes back untouched. A tile never leaves the volume
+    with ``inside``, and the number of tiles is capped."""
+    from types import SimpleNamespace
+    from cm_trancaf.inference import extend_tiles
+
+    image = np.full((48, 40, 40), -1.0, np.float32)
+    bar = (slice(4, 44), slice(14, 26), slice(12, 28))
+    image[bar] = 1.0
+    prep = SimpleNamespace(image=image, grid=SimpleNamespace(spacing=(1.0, 1.0, 1.0)))
+
+    def voxelwise(x, training=False):
+        p = 1.0 / (1.0 + np.exp(-6.0 * np.asarray(x)))
+        return np.concatenate([1.0 - p, p], -1)
+
+    size = np.array([16, 32, 32])
+    roi, start = crop(image, (24, 20, 20), tuple(size), fill=-1.0)
+    probs = np.asarray(voxelwise(roi[None, ..., None]))[0]
+    same_start, same = extend_tiles(voxelwise, None, prep, start, probs, 0, 6.0)
+    assert same is probs and np.array_equal(same_start, start)
+    for inside in (False, True):
+        lo, merged = extend_tiles(voxelwise, None, prep, start, probs, 8, 6.0, inside=inside)
+        np.testing.assert_allclose(merged.sum(-1), 1.0, rtol=1e-5)
+        whole = np.zeros(image.shape, bool)
+        box = tuple(slice(max(a, 0), min(a + s, n))
+                    for a, s, n in zip(lo, merged.shape[:3], image.shape))
+        whole[box] = (np.argmax(merged, -1) > 0)[tuple(slice(b.start - a, b.stop - a)
+                                                       for b, a in zip(box, lo))]
+        np.testing.assert_array_equal(whole, image > 0)        # the whole bar, nothing else
+        assert merged.shape[0] > size[0] and merged.shape[1:3] == tuple(size[1:])
+        if inside:
+            assert lo[0] >= 0 and lo[0] + merged.shape[0] <= image.shape[0]
+    _, capped = extend_tiles(voxelwise, None, prep, start, probs, 1, 6.0)
+    assert capped.shape[0] == size[0] + 6                      # one tile: a 6 mm step more
+    _, far = extend_tiles(voxelwise, None, prep, start, probs, 1, 100.0)
+    assert far.shape[0] == size[0] + size[0] // 2              # the step is at most half an ROI
+    small = np.full_like(image, -1.0)
+    small[20:28, 14:26, 12:28] = 1.0                           # a heart inside the ROI
+    roi, start = crop(small, (24, 20, 20), tuple(size), fill=-1.0)
+    probs = np.asarray(voxelwise(roi[None, ..., None]))[0]
+    prep = SimpleNamespace(image=small, grid=prep.grid)
+    same_start, same = extend_tiles(voxelwise, None, prep, start, probs, 8, 6.0)
+    assert same is probs and np.array_equal(same_start, start)
 
 
 def test_largest_component_keeps_each_structure_in_one_piece():

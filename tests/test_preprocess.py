@@ -93,6 +93,24 @@ def test_crop_covers_every_slice_of_an_axis_shorter_than_the_roi():
         np.testing.assert_array_equal(back[:, 16:24, w], arr[:, 16:24, w])
 
 
+def test_crop_inside_keeps_a_long_axis_roi_in_the_volume():
+    """``inside``: along an axis longer than the ROI the ROI is moved as little as needed to lie
+    in the volume, so it holds every voxel the centred ROI held and volume instead of padding;
+    axes shorter than the ROI are left to ``cover_short``."""
+    arr = np.random.default_rng(0).random((19, 40, 6)).astype(np.float32)
+    size = (16, 8, 8)
+    for z in np.linspace(-4, 22, 53):
+        roi, start = crop(arr, (z, 1, 3), size, fill=-1, inside=True)
+        _, old = crop(arr, (z, 1, 3), size, fill=-1)
+        assert 0 <= start[0] <= 19 - 16 and 0 <= start[1] <= 40 - 8
+        assert abs(start[0] - old[0]) == max(0, -old[0], old[0] - 3)      # the least move
+        assert start[2] == old[2]                                  # W (6 < 8) not moved
+        held = set(range(max(old[0], 0), min(old[0] + 16, 19)))   # slices the old ROI held
+        assert held <= set(range(start[0], start[0] + 16))
+        np.testing.assert_array_equal(roi[:, :, max(0, -start[2]):6 - start[2]],
+                                      arr[start[0]:start[0] + 16, start[1]:start[1] + 8])
+
+
 def test_normalize_ranges():
     cfg = DataConfig()
     ct = normalize(np.array([-3000.0, -1000.0, 0.0, 1000.0, 3000.0]), "ct", cfg)

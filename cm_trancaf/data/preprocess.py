@@ -212,16 +212,21 @@ def prepare(image: sitk.Image, label: sitk.Image | None, cfg: DataConfig, modali
 
 
 def crop(arr: np.ndarray, center: np.ndarray, size: tuple[int, int, int],
-         fill: float = 0.0, cover_short: bool = False) -> tuple[np.ndarray, np.ndarray]:
+         fill: float = 0.0, cover_short: bool = False,
+         inside: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """ROI of ``size`` around ``center`` (voxel index, D H W); returns (roi, start index).
     ``cover_short``: along an axis where ``arr`` is shorter than the ROI, the ROI is moved (as
-    little as needed) to hold the whole axis, so no end slice of a short stack is cut off."""
+    little as needed) to hold the whole axis, so no end slice of a short stack is cut off.
+    ``inside``: along an axis at least as long as the ROI, the ROI is moved (as little as
+    needed) to lie inside ``arr``: it then holds every voxel of the axis that the centred ROI
+    held, and more instead of padding."""
     size = np.asarray(size)
     start = np.round(np.asarray(center, float)).astype(int) - size // 2
+    n = np.asarray(arr.shape[:3])
     if cover_short:
-        n = np.asarray(arr.shape[:3])
-        short = n < size
-        start = np.where(short, np.clip(start, n - size, 0), start)
+        start = np.where(n < size, np.clip(start, n - size, 0), start)
+    if inside:
+        start = np.where(n >= size, np.clip(start, 0, n - size), start)
     out = np.full(tuple(size) + arr.shape[3:], fill, arr.dtype)
     src_lo = np.maximum(start, 0)
     src_hi = np.minimum(start + size, arr.shape[:3])
