@@ -241,3 +241,29 @@ def test_appearance_transforms_keep_what_nnunet_keeps():
 
     n = augment_appearance(img, np.random.default_rng(4), AugmentConfig(noise_prob=1.0))
     assert 0 < np.std(n - img) <= base.noise_std + 0.01
+
+
+def test_anywhere_centres_that_share_of_rois_off_the_heart():
+    """``augment.anywhere``: 0 centres every training ROI on the heart (each holds heart at its
+    centre); 1 centres them on random voxels of a volume mostly without heart (most ROIs hold
+    none); 0.5 in between; labels stay aligned with the image wherever the ROI is (up to linear vs nearest at edges)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    label = np.zeros((40, 120, 120), np.uint8)
+    label[14:27, 48:73, 48:73] = 1                              # a small heart, centre (20, 60, 60)
+    image = label.astype(np.float32) * 2.0 - 1.0
+    grid = SimpleNamespace(spacing=(2.0, 2.0, 2.0))
+    case = SimpleNamespace(image=image, label=label, grid=grid)
+    base = replace(AugmentConfig(), rotate_deg=0.0, scale=0.0, translate_mm=0.0)
+    share = {}
+    for p in (0.0, 0.5, 1.0):
+        aug = replace(base, anywhere=p)
+        ds = roi_dataset([case], (8, 16, 16), 2, aug, 8, seed=0)
+        imgs, labs = [], []
+        for img, lab in ds.take(8):
+            imgs.append(img.numpy()), labs.append(lab.numpy())
+        img, lab = np.concatenate(imgs)[..., 0], np.concatenate(labs)[..., 1]   # 64 ROIs
+        assert np.mean((lab > 0.5) == (img > 0)) > 0.97         # image and label aligned
+        share[p] = np.mean(lab[:, 4, 8, 8] > 0.5)              # heart at the ROI's centre
+    assert share[0.0] == 1.0 and share[1.0] < 0.2 and 0.2 < share[0.5] < 0.8, share

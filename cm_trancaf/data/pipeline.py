@@ -139,7 +139,10 @@ def roi_dataset(cases: list[Prepared], roi_size, num_classes: int, aug: AugmentC
                  if aug.elastic_mm > 0 else None)
         else:
             shift, m, u = None, None, None
-        img, lab = sample_roi(c.image, c.label, centers[k], size, m, shift, offsets=u)
+        center = centers[k]
+        if augment and aug.anywhere > 0 and rng.random() < aug.anywhere:   # drawn only when on
+            center = rng.uniform(0, np.asarray(c.image.shape[:3]) - 1)   # any voxel, not the heart
+        img, lab = sample_roi(c.image, c.label, center, size, m, shift, offsets=u)
         if augment:
             img = augment_appearance(_augment_intensity(img, rng, aug.intensity), rng, aug)
         return img[..., None].astype(np.float32), lab

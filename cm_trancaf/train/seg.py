@@ -275,6 +275,8 @@ def train_segmentation(cfg: ExperimentConfig, data_root: str | Path, run_dir: st
     if unknown:
         raise UserError(f"unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
     check_precision(cfg.run.precision, training=True)
+    if not 0.0 <= cfg.augment.anywhere <= 1.0:
+        raise UserError(f"augment.anywhere must be in [0, 1], got {cfg.augment.anywhere}")
     labelset = get_labelset(cfg.data.labels, codes)
     if layout == "mmwhs":
         layout_kw = {"modality": cfg.data.modality, "split": "train", **layout_kw}
