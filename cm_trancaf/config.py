@@ -283,6 +283,11 @@ class SegTrainConfig(OptimConfig):
     """MAUNet and SCN (``train``): the optimiser, and the hybrid loss of SPEC module 2."""
     lambda_focal: float = 0.1                  # lambda_f of L = L_Dice + lambda_f * L_Focal
     focal_gamma: float = 2.0
+    # Beyond the paper (False in every preset): a (sample, class) pair whose class is absent from
+    # the ROI's labels adds nothing to L_Dice (L_Focal still sees its voxels). In the paper's
+    # formula such a pair's Dice is eps / (sum p + eps): about 0 until p is ~0 everywhere, with
+    # gradients up to 1 / eps; ROIs off the heart (augment.anywhere) are made of such pairs
+    dice_skip_absent: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,20 @@ def _check(y_true, y_pred):
         raise ValueError(f"y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)} differ")
 
 
-def soft_dice_loss(y_true, y_pred):
-    """1 - soft Dice over foreground classes (channel 0 is background). 0 for a perfect match."""
+def soft_dice_loss(y_true, y_pred, skip_absent: bool = False):
+    """1 - soft Dice over foreground classes (channel 0 is background). 0 for a perfect match.
+    ``skip_absent``: the mean runs over the (sample, class) pairs whose class is in ``y_true``
+    only (0 when there are none); the same value when every class is in every sample."""
     _check(y_true, y_pred)
     y_true, y_pred = ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
     axes = (1, 2, 3)
     inter = ops.sum(y_true * y_pred, axis=axes)[:, 1:]                   # (B, K-1)
-    denom = ops.sum(y_true, axis=axes)[:, 1:] + ops.sum(y_pred, axis=axes)[:, 1:]
-    return 1.0 - ops.mean((2.0 * inter + EPS) / (denom + EPS))
+    volume = ops.sum(y_true, axis=axes)[:, 1:]
+    dice = (2.0 * inter + EPS) / (volume + ops.sum(y_pred, axis=axes)[:, 1:] + EPS)
+    if not skip_absent:
+        return 1.0 - ops.mean(dice)
+    present = ops.cast(volume > 0, "float32")                            # (B, K-1)
+    return ops.sum((1.0 - dice) * present) / ops.maximum(ops.sum(present), 1.0)
 
 
 def focal_loss(y_true, y_pred, gamma: float = 2.0):
@@ -42,15 +48,17 @@ def focal_loss(y_true, y_pred, gamma: float = 2.0):
         ops.cast(y_true, "float32"), ops.cast(y_pred, "float32"), alpha=1.0, gamma=gamma))
 
 
-def dice_focal(y_true, y_pred, lambda_f: float = 0.1, gamma: float = 2.0):
-    """SPEC hybrid loss: L_Dice + lambda_f * L_Focal."""
+def dice_focal(y_true, y_pred, lambda_f: float = 0.1, gamma: float = 2.0,
+               skip_absent: bool = False):
+    """SPEC hybrid loss: L_Dice + lambda_f * L_Focal (``skip_absent``: see soft_dice_loss)."""
     if lambda_f < 0:
         raise ValueError(f"lambda_f must be >= 0, got {lambda_f}")
-    return soft_dice_loss(y_true, y_pred) + lambda_f * focal_loss(y_true, y_pred, gamma)
+    return (soft_dice_loss(y_true, y_pred, skip_absent)
+            + lambda_f * focal_loss(y_true, y_pred, gamma))
 
 
 def deep_dice_focal(y_true, probs: list, pool_sizes: list, lambda_f: float = 0.1,
-                    gamma: float = 2.0):
+                    gamma: float = 2.0, skip_absent: bool = False):
     """Deep supervision (nnU-Net): sum_l w_l * (L_Dice + lambda_f * L_Focal)(y_l, p_l) over the
     decoder levels l = 0, 1, .. (``probs``, finest first), w_l = 2^-l / sum_j 2^-j, where y_l is
     the one-hot majority class of each block of the windows ``pool_sizes[:l]`` of ``y_true``
@@ -65,7 +73,7 @@ def deep_dice_focal(y_true, probs: list, pool_sizes: list, lambda_f: float = 0.1
             window = tuple(pool_sizes[level - 1])
             shares = ops.average_pool(shares, window, strides=window, padding="valid")
             y = ops.one_hot(ops.argmax(shares, axis=-1), shares.shape[-1])
-        total = total + weights[level] * dice_focal(y, p, lambda_f, gamma)
+        total = total + weights[level] * dice_focal(y, p, lambda_f, gamma, skip_absent)
     return total
 
 

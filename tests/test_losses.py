@@ -32,6 +32,32 @@ def test_dice_focal_matches_reference_and_composes():
                                _np_dice(y, p) + 0.1 * _np_focal(y, p, 2.0), rtol=1e-4)
 
 
+def test_dice_skip_absent_averages_only_the_classes_each_roi_holds():
+    """``skip_absent``: equal to the paper's Dice when every class is in every sample; with a
+    class missing from a sample, the mean over the present (sample, class) pairs (NumPy), where
+    the paper's formula counts the absent pair as ~1 even for a prediction of 1e-3 per voxel."""
+    rng = np.random.default_rng(0)
+    y = _onehot(rng.integers(0, 4, (2, 6, 6, 6)), 4)
+    logits = rng.normal(size=(2, 6, 6, 6, 4))
+    p = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype("float32")
+    np.testing.assert_allclose(float(soft_dice_loss(y, p, skip_absent=True)), _np_dice(y, p),
+                               rtol=1e-5)
+    labels = rng.integers(0, 3, (2, 6, 6, 6))                 # class 3 absent from both samples
+    labels[1][labels[1] == 2] = 0                             # and class 2 from the second
+    y = _onehot(labels, 4)
+    inter = (y * p).sum((1, 2, 3))[:, 1:]
+    den = y.sum((1, 2, 3))[:, 1:] + p.sum((1, 2, 3))[:, 1:]
+    present = y.sum((1, 2, 3))[:, 1:] > 0
+    want = (1 - (2 * inter + 1e-5) / (den + 1e-5))[present].mean()
+    np.testing.assert_allclose(float(soft_dice_loss(y, p, skip_absent=True)), want, rtol=1e-5)
+    faint = np.full((1, 6, 6, 6, 4), 1e-3, "float32")
+    faint[..., 0] = 1 - 3e-3
+    empty = _onehot(np.zeros((1, 6, 6, 6), int), 4)          # no heart in the ROI
+    assert float(soft_dice_loss(empty, faint)) > 0.9          # the paper's formula
+    assert float(soft_dice_loss(empty, faint, skip_absent=True)) == 0.0
+    assert float(dice_focal(empty, faint, 0.1, 2.0, skip_absent=True)) > 0  # focal still there
+
+
 def test_perfect_prediction_scores_zero():
     y = _onehot(np.random.default_rng(1).integers(0, 8, (1, 8, 8, 8)), 8)
     assert abs(float(dice_focal(y, y))) < 1e-5

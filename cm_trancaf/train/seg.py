@@ -173,9 +173,11 @@ def train_maunet(cfg: ExperimentConfig, train: list[Prepared], val: list[Prepare
     def loss_fn(x, y):
         if cfg.maunet.deep_supervision:                   # finest first, level l: (B, D/2^l, ..)
             loss = deep_dice_focal(y, model(x, training=True, return_deep=True),
-                                   model.pool_sizes, t.lambda_focal, t.focal_gamma)
+                                   model.pool_sizes, t.lambda_focal, t.focal_gamma,
+                                   t.dice_skip_absent)
         else:
-            loss = dice_focal(y, model(x, training=True), t.lambda_focal, t.focal_gamma)
+            loss = dice_focal(y, model(x, training=True), t.lambda_focal, t.focal_gamma,
+                              t.dice_skip_absent)
         return loss, {"loss/dice_focal": loss}
 
     step = make_step(strategy, loss_fn, model.trainable_variables, opt, cfg.run.jit_compile)
@@ -242,7 +244,8 @@ def train_scn(cfg: ExperimentConfig, maunet, train: list[Prepared], val: list[Pr
             probs = corrupt_probs(probs, cfg.scn, seed)
             logs["input/flipped"] = tf.reduce_mean(tf.cast(
                 tf.argmax(probs, -1) != tf.argmax(clean, -1), tf.float32))
-        loss = dice_focal(y, scn(probs, x, training=True), t.lambda_focal, t.focal_gamma)
+        loss = dice_focal(y, scn(probs, x, training=True), t.lambda_focal, t.focal_gamma,
+                          t.dice_skip_absent)
         return loss, {"loss/dice_focal": loss, **logs}
 
     step = make_step(strategy, loss_fn, variables, opt, cfg.run.jit_compile)
