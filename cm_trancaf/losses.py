@@ -3,6 +3,7 @@
 Segmentation (SPEC module 2):  L = L_Dice + lambda_f * L_Focal
     L_Dice  = 1 - mean over the K-1 foreground classes and the batch of
               (2 sum(y p) + eps) / (sum(y) + sum(p) + eps)            (soft multiclass Dice)
+              (``skip_absent``, beyond the paper: only the pairs whose class is in y)
     L_Focal = mean over voxels of  -sum_k y_k (1 - p_k)^gamma log p_k   (Lin et al., alpha = 1)
 Deep supervision (beyond the paper, ``maunet.deep_supervision``; nnU-Net):
     L_deep = sum_l 2^-l L(y_l, p_l) / sum_l 2^-l over decoder levels l, y_l the labels'
