@@ -75,7 +75,7 @@ class AugmentConfig:
     # on a uniformly random voxel of the volume instead of the heart, as nnU-Net samples 2/3 of
     # its patches anywhere. Trained on heart-centred ROIs only, the MAUNet draws a heart in the
     # middle of any ROI it is shown; with train.dice_skip_absent. ACDC dev at cmr_cpu: 1/3 costs
-    # 2.1 points (README "ROIs anywhere")
+    # 2.1 points, 0.1 costs 0.5 but makes infer.extend_tiles safe (README "ROIs anywhere")
     anywhere: float = 0.0
     # DEVIATION: the paper flips; chambers of equal CT intensity differ only by position, so a
     # mirror image relabels anatomy. Off by default, 0.5 in the `paper` preset (the paper's
