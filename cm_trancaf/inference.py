@@ -193,13 +193,18 @@ def segment_roi(maunet, scn, roi: np.ndarray, clock: Callable | None = None) -> 
     return probs
 
 
+def _voxels(mm: float, prep: Prepared) -> np.ndarray:
+    """``mm`` as a whole number of working voxels along (D, H, W), at least one."""
+    return np.maximum(1, np.round(mm / np.asarray(prep.grid.spacing)[::-1])).astype(int)
+
+
 def shifted_average(maunet, scn, prep: Prepared, start, probs: np.ndarray,
                     shift_mm: float) -> np.ndarray:
     """``probs`` (D, H, W, K) of the ROI at ``start`` averaged with the probabilities of six ROIs
     shifted by +-``shift_mm`` (rounded to voxels, at least one) along each axis, each voxel over
     the ROIs that hold it (test-time shifts, ``infer.shift_views`` = 7)."""
     size = np.asarray(probs.shape[:3])
-    step = np.maximum(1, np.round(shift_mm / np.asarray(prep.grid.spacing)[::-1])).astype(int)
+    step = _voxels(shift_mm, prep)
     total, count = probs.astype(np.float64), np.ones(tuple(size) + (1,))
     for d in (s * step * e for e in np.eye(3, dtype=int) for s in (-1, 1)):
         roi, _ = crop(prep.image, np.asarray(start) + size // 2 + d, tuple(size), fill=-1.0)
@@ -245,8 +250,7 @@ def extend_tiles(maunet, scn, prep: Prepared, start, probs: np.ndarray, max_tile
     :func:`blend_tiles`."""
     size = np.asarray(probs.shape[:3])
     n = np.asarray(prep.image.shape[:3])
-    step = np.round(step_mm / np.asarray(prep.grid.spacing)[::-1]).astype(int)   # D H W voxels
-    step = np.clip(step, 1, size // 2)
+    step = np.minimum(_voxels(step_mm, prep), size // 2)
     tiles = {(0, 0, 0): (np.asarray(start), probs)}
     queue = [(0, 0, 0)]
     while queue and len(tiles) <= max_tiles:
@@ -264,9 +268,7 @@ def extend_tiles(maunet, scn, prep: Prepared, start, probs: np.ndarray, max_tile
                     continue
                 s = t0.copy()
                 s[axis] += side * step[axis]
-                if inside and n[axis] >= size[axis]:
-                    s[axis] = np.clip(s[axis], 0, n[axis] - size[axis])
-                roi, s = crop(prep.image, s + size // 2, tuple(size), fill=-1.0)
+                roi, s = crop(prep.image, s + size // 2, tuple(size), fill=-1.0, inside=inside)
                 tiles[nb] = (s, segment_roi(maunet, scn, roi))
                 queue.append(nb)
     return blend_tiles(tiles, size)
@@ -386,8 +388,6 @@ class Cascade:
             start, probs = extend_tiles(self.maunet, self.scn, prep, start, probs,
                                         self.cfg.infer.extend_tiles,
                                         self.cfg.infer.extend_step_mm, self.cfg.infer.roi_inside)
-            if trace is not None:
-                trace["roi_shape"] = list(probs.shape[:3])
         if self.cfg.infer.largest_component:
             probs = largest_components(probs)
         classes = paste(np.argmax(probs, -1).astype(np.uint8), start, prep.image.shape, 0)
