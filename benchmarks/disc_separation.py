@@ -8,7 +8,7 @@ averaged). Chance is 0.5 and a D loss of 0.25. On the MS-CMRSeg cohort of
 experiment's test patients are not read), the last ``--held-out`` share of each list's patients
 is held out. If D cannot separate them, the MTN's adversarial term gives G no direction.
 
-    python benchmarks/disc_separation.py --data ../shared/data/mscmrseg --steps 3000 \\
+    python benchmarks/disc_separation.py --data data/mscmrseg_fixed --steps 3000 \\
         --set mtn.disc_norm=False --out results/disc_separation/no_norm.csv
 
 Writes ``--out`` (one row per report: step, D loss over the last steps, held-out accuracy and

@@ -8,7 +8,7 @@ first ``mtn.anatomy_cases`` labelled bSSFP cases, scored against their labels (t
 Zhu et al. 2017). Every number comes from training cases, so MTN options (steps, upsampling, ...) can be
 chosen here before any test number.
 
-    python benchmarks/mtn_anatomy.py --data ../shared/data/mscmrseg \\
+    python benchmarks/mtn_anatomy.py --data data/mscmrseg_fixed \\
         --reference "results/mscmrseg_lge/cmr_cpu/work/seg/LGE only/s0_f0" \\
         --set mtn.steps=6000 --set mtn.validations=6 --out results/mtn_anatomy/steps6000_s0
 Writes the MTN run into ``--out`` (its ``val.csv``) and ``anatomy_log.csv`` (step, anatomy Dice

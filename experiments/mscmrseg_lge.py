@@ -21,8 +21,11 @@ rest for testing. The labelled bSSFP ("C0") cases are the source domain, like MR
                                        (mtn.gen_upsample=resize: no checkerboard)
 The anatomy each kind of synthetic bSSFP keeps (FCN score: the "LGE only" cascade segments it,
 scored against the bSSFP labels) is written to anatomy.csv and table.md.
+The copy in ../shared/data has wrong bSSFP headers (1.25 mm in-plane for 0.75 mm pixels): the cohort
+refuses it, and data_prep/mscmrseg_spacing.py writes a repaired copy (first line below).
 
-    python experiments/mscmrseg_lge.py --data ../shared/data/mscmrseg            # cmr_cpu, 2 cores
+    python data_prep/mscmrseg_spacing.py --data ../shared/data/mscmrseg --out data/mscmrseg_fixed
+    python experiments/mscmrseg_lge.py --data data/mscmrseg_fixed                # cmr_cpu, 2 cores
     python experiments/mscmrseg_lge.py --data /data/MS-CMRSeg --preset cmr --seeds 3  # GPU
 Results: results/mscmrseg_lge/<preset>/{per_case.csv, summary.csv, table.md, settings.json}.
 """

@@ -19,6 +19,17 @@ def need_shared(sub: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mscmrseg_repaired(tmp_path_factory) -> Path:
+    """../shared/data/mscmrseg with its bSSFP in-plane spacing repaired (data_prep/mscmrseg_spacing.py):
+    the copy the experiments read; skips when the real data are absent."""
+    from cm_trancaf.data.datasets import repair_mscmrseg_spacing
+    root = need_shared("mscmrseg")
+    out = tmp_path_factory.mktemp("mscmrseg") / "repaired"
+    repair_mscmrseg_spacing(root, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_phantom(tmp_path_factory) -> Path:
     """MM-WHS-layout phantom: 3 CT train, 2 MRI train, 2 CT test, at 4-6 mm."""
     from cm_trancaf.data.phantom import write_dataset

@@ -1,11 +1,13 @@
 """Every file in ../shared/data loads through its adapter with the right classes (skips if absent)."""
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 
 from cm_trancaf.data.datasets import (LABEL_SETS, acdc_cases, find_cases, generic_cases,
                                       load_case, mscmrseg_cases)
 from cm_trancaf.data.io import read_label
+from cm_trancaf.experiments import mscmrseg_cohort
 from cm_trancaf.utils import UserError
 
 from conftest import need_shared
@@ -41,6 +43,16 @@ def test_mscmrseg(sequence):
     cases = mscmrseg_cases(root, sequence)
     assert len(cases) == {"C0": 35, "LGE": 25}[sequence]
     _check(cases, LABEL_SETS["mscmrseg"])
+
+
+def test_mscmrseg_c0_headers_are_refused_and_repaired(mscmrseg_repaired):
+    # the shared copy's bSSFP hearts read 1.65x too wide; the repaired copy's are adult-sized
+    with pytest.raises(UserError, match="mscmrseg_spacing.py"):
+        mscmrseg_cohort(need_shared("mscmrseg"))
+    rows = pd.read_csv(mscmrseg_repaired / "spacing.csv")
+    assert len(rows) == 35
+    assert rows.lv_diameter_old_mm.median() > 80 and 45 <= rows.lv_diameter_new_mm.median() <= 60
+    assert len(mscmrseg_cohort(mscmrseg_repaired).source) == 35
 
 
 def test_acdc_quietly(capfd):

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from cm_trancaf.config import apply_overrides, get_preset
 from cm_trancaf.data import phantom
+from cm_trancaf.data.datasets import mscmrseg_header_scale, repair_mscmrseg_spacing
 from cm_trancaf.data.io import write_image
 from cm_trancaf.experiments import Setting, acdc_cohort, mscmrseg_cohort, run_experiment
 from cm_trancaf.utils import UserError
@@ -87,6 +88,42 @@ def test_mscmrseg_split_is_disjoint_reproducible_and_follows_the_folder(tiny_msc
     assert len(c2.splits[0][1]) == 1
     with pytest.raises(UserError, match="need at least"):
         mscmrseg_cohort(fewer, 3, 1)
+
+
+def test_heart_size_check_refuses_wrong_headers_and_the_repair_fixes_them(tiny_mscmrseg, tmp_path):
+    # the redistributed MS-CMRSeg defect: C0 voxels resampled, headers kept, hearts 1.65x too wide
+    wrong = tmp_path / "wrong"
+    shutil.copytree(tiny_mscmrseg, wrong)
+    for path in (wrong / "C0").glob("*.nii.gz"):
+        image = sitk.ReadImage(str(path))
+        sx, sy, sz = image.GetSpacing()
+        image.SetSpacing((sx * 1.65, sy * 1.65, sz))
+        sitk.WriteImage(image, str(path))
+    with pytest.raises(UserError, match="mscmrseg_spacing.py"):
+        mscmrseg_cohort(wrong, 2, 1, seed=0)
+    fixed = tmp_path / "fixed"
+    rows = repair_mscmrseg_spacing(wrong, fixed, scale=1 / 1.65)
+    assert len(rows) == 4 and all(r["lv_diameter_new_mm"] < r["lv_diameter_old_mm"] / 1.6 for r in rows)
+    c = mscmrseg_cohort(fixed, 2, 1, seed=0)               # accepted, and the same split as before
+    assert c.describe()["splits"] == mscmrseg_cohort(tiny_mscmrseg, 2, 1, seed=0).describe()["splits"]
+    for path in sorted((wrong / "C0").glob("*.nii.gz")):
+        a, b = sitk.ReadImage(str(path)), sitk.ReadImage(str(fixed / "C0" / path.name))
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
+        assert b.GetDirection() == a.GetDirection() and b.GetOrigin() == a.GetOrigin()
+        np.testing.assert_allclose(b.GetSpacing(), np.array(a.GetSpacing()) * (1 / 1.65, 1 / 1.65, 1), rtol=1e-6)
+        assert b.GetPixelID() == a.GetPixelID()
+    for path in (wrong / "LGE").iterdir():                # the target is copied as it is
+        assert (fixed / "LGE" / path.name).read_bytes() == path.read_bytes()
+    # an existing output is refused and left alone; a failed repair leaves nothing behind
+    with pytest.raises(UserError, match="already exists"):
+        repair_mscmrseg_spacing(wrong, fixed)
+    with pytest.raises(UserError, match="no such folder"):
+        repair_mscmrseg_spacing(tmp_path / "nope", tmp_path / "out")
+    with pytest.raises(UserError, match="scale"):
+        repair_mscmrseg_spacing(wrong, tmp_path / "out", scale=0.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed", "wrong"]
+    # default scale: the ratio of the two sequences' median header spacings (here 4 / (5 x 1.65))
+    assert mscmrseg_header_scale(wrong) == pytest.approx(4.0 / (5.0 * 1.65))
 
 
 def test_mscmrseg_experiment_pools_translates_and_tables(tiny_mscmrseg, tmp_path):
@@ -289,8 +326,8 @@ def test_localizer_benchmark_measures_training_patients_only(tiny_acdc, tmp_path
     assert (summary["cases"] == 3).all()
 
 
-def test_real_folders_list_every_patient_and_split_cleanly():
-    c = mscmrseg_cohort(need_shared("mscmrseg"))
+def test_real_folders_list_every_patient_and_split_cleanly(mscmrseg_repaired):
+    c = mscmrseg_cohort(mscmrseg_repaired)
     (train, test), = c.splits
     assert len(c.source) == 35 and len(train) == 5 and len(c.mtn_target) == 10 and len(test) == 15
     a = acdc_cohort(need_shared("acdc"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cm_trancaf.data.datasets import LABEL_SETS, Case, load_case
+from cm_trancaf.data.datasets import LABEL_SETS, Case, cavity_diameter_mm, load_case
 from cm_trancaf.data.io import Geometry, read_image, read_label, write_image
 from cm_trancaf.utils import UserError
 
@@ -141,3 +141,15 @@ def test_outputs_get_the_modes_of_any_new_file_not_the_temporary_files_0600(tmp_
     assert mode(tmp_path / "lab.nii.gz") == mode(tmp_path / "table.md") \
         == mode(tmp_path / "plain") == 0o666 & ~umask
     assert mode(tmp_path / "run") == mode(tmp_path / "plain_dir") == 0o777 & ~umask
+
+
+def test_cavity_diameter_of_a_disc_stack():
+    z, y, x = np.mgrid[:5, :80, :80]
+    arr = ((y - 40.0) ** 2 + (x - 40.0) ** 2 <= 20.0 ** 2).astype(np.int16) * 500
+    arr[0] = 0                                                   # an empty slice changes nothing
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((0.75, 0.75, 8.0))
+    assert cavity_diameter_mm(image, 500) == pytest.approx(2 * 20 * 0.75, rel=0.02)
+    image.SetSpacing((1.25, 1.25, 8.0))                          # in-plane spacing scales it
+    assert cavity_diameter_mm(image, 500) == pytest.approx(2 * 20 * 1.25, rel=0.02)
+    assert np.isnan(cavity_diameter_mm(image, 600))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..utils import UserError
-from .io import check_same_grid, read_image, read_label
+from ..utils import UserError, atomic_dir
+from .io import check_same_grid, read_image, read_label, write_image
 
 __all__ = ["LabelSet", "LABEL_SETS", "get_labelset", "Case", "mmwhs_cases", "mscmrseg_cases",
+           "cavity_diameter_mm", "mscmrseg_header_scale", "repair_mscmrseg_spacing",
            "acdc_cases", "generic_cases", "generated_cases", "find_cases", "load_case"]
 
 
@@ -147,6 +149,73 @@ def mscmrseg_cases(root: str | Path, sequence: str = "C0") -> list[Case]:
         lab = img.with_name(img.name.replace(f"_{sequence}.", f"_{sequence}_manual."))
         cases.append(Case(f"patient{num}_{sequence}", img, lab if lab.exists() else None, "mr"))
     return _nonempty(cases, folder, f"patientN_{sequence}.nii.gz files")
+
+
+def cavity_diameter_mm(label: sitk.Image, code: int) -> float:
+    """Diameter (mm) of the circle with the area of structure ``code``'s largest cross-section in
+    the label map's own slices (its third axis). For the LV blood pool of a short-axis stack, the
+    LV diameter: 45-56 mm in adults at end-diastole, dilated hearts up to about 70, so a cohort
+    far from that has headers whose in-plane spacing is wrong. NaN if the code is absent."""
+    mask = sitk.GetArrayViewFromImage(label) == code                     # (z, y, x)
+    area = int(mask.reshape(mask.shape[0], -1).sum(axis=1).max())
+    if area == 0:
+        return float("nan")
+    sx, sy = label.GetSpacing()[:2]
+    return float(2 * np.sqrt(area * sx * sy / np.pi))
+
+
+def mscmrseg_header_scale(root: str | Path, source: str = "C0", target: str = "LGE") -> float:
+    """Median ``target`` in-plane header spacing / median ``source`` one (headers only)."""
+    def median_spacing(sequence):
+        return float(np.median([read_image(c.image).GetSpacing()[0] for c in mscmrseg_cases(root, sequence)]))
+    return median_spacing(target) / median_spacing(source)
+
+
+def repair_mscmrseg_spacing(root: str | Path, out: str | Path, scale: float | None = None,
+                            source: str = "C0", target: str = "LGE") -> list[dict]:
+    """A copy of an MS-CMRSeg root whose ``source`` stacks (images and labels) have their in-plane
+    spacing multiplied by ``scale`` (default ``mscmrseg_header_scale``: the redistributed bSSFP were
+    resampled onto the LGE pixel size, about 0.75 mm, and kept their 1.25 mm headers); slice spacing,
+    origin, direction and voxels unchanged, ``target`` copied as it is. ``out`` must not exist and
+    appears only complete. Returns one row per labelled source case (old / new spacing, LV
+    blood-pool diameter before / after, in mm); no target label is read."""
+    root, out = Path(root), Path(out)
+    if out.exists():
+        raise UserError(f"{out}: already exists; choose a new output folder")
+    cases = mscmrseg_cases(root, source)
+    _need_dir(root / target, f"MS-CMRSeg {target}")
+    scale = mscmrseg_header_scale(root, source, target) if scale is None else float(scale)
+    if not 0 < scale <= 10:
+        raise UserError(f"scale {scale}: must be in (0, 10]")
+    labels = LABEL_SETS["mscmrseg"]
+    lv = labels.codes[labels.names.index("LV")]
+    rows = []
+    with atomic_dir(out) as tmp:
+        (tmp / source).mkdir()
+        for case in cases:
+            read_image(case.image)                          # validated, then copied as stored
+            image = sitk.ReadImage(str(case.image))
+            spacing = image.GetSpacing()
+            new = (spacing[0] * scale, spacing[1] * scale, spacing[2])
+            image.SetSpacing(new)
+            write_image(image, tmp / source / case.image.name)
+            if case.label is None:
+                continue
+            before = cavity_diameter_mm(read_label(case.label, labels.codes), lv)
+            label = sitk.ReadImage(str(case.label))
+            label.SetSpacing(new)
+            write_image(label, tmp / source / case.label.name)
+            rows.append({"case": case.case_id,
+                         "spacing_old_mm": " x ".join(f"{v:.3f}" for v in spacing),
+                         "spacing_new_mm": " x ".join(f"{v:.3f}" for v in new),
+                         "lv_diameter_old_mm": round(before, 2),
+                         "lv_diameter_new_mm": round(cavity_diameter_mm(label, lv), 2)})
+        shutil.copytree(root / target, tmp / target)
+        with open(tmp / "spacing.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
 
 
 def acdc_cases(root: str | Path) -> list[Case]:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.datasets import acdc_cases, mmwhs_cases, mscmrseg_cases
+from ..data.datasets import acdc_cases, cavity_diameter_mm, get_labelset, mmwhs_cases, mscmrseg_cases
+from ..data.io import read_label
 from ..utils import UserError
 
 __all__ = ["Cohort", "kfold_splits", "mmwhs_cohort", "mscmrseg_cohort", "acdc_cohort", "dev_cohort"]
@@ -95,8 +96,35 @@ def mscmrseg_cohort(data: Path, n_train: int = 5, n_unlabelled: int = 5, seed: i
         raise UserError(f"{Path(data) / source}: no labelled {source} cases")
     tr, unl, te = _split_ids(sorted(tgt), seed, n_train, n_unlabelled, None)
     pick = lambda ids: [tgt[i] for i in ids]
+    check_heart_sizes(src, pick(tr), source, target)
     return Cohort(Path(data), ((pick(tr), pick(te)),), src, Path(data) / source,
                   tuple(pick(tr) + pick(unl)), "mscmrseg")
+
+
+# the same hearts read in two sequences differ in size by a cardiac phase at most (about 10 %); a
+# larger ratio of the median LV blood-pool diameters in mm means one sequence's headers are wrong
+MAX_HEART_SIZE_RATIO = 1.3
+
+
+def check_heart_sizes(source_cases, target_cases, source: str, target: str) -> None:
+    """Refuse a source and a target whose labelled hearts differ in physical size by more than
+    ``MAX_HEART_SIZE_RATIO`` (median LV blood-pool diameter, ``metrics.cavity_diameter_mm``): the
+    redistributed MS-CMRSeg bSSFP headers say 1.25 mm where the pixels are about 0.75 mm, and a
+    pipeline working in mm then trains on, translates and scores hearts 1.65 times too wide.
+    Only the target's training labels are read."""
+    labels = get_labelset("mscmrseg")
+    lv = labels.codes[labels.names.index("LV")]
+    def median_diameter(cases):
+        return float(np.nanmedian([cavity_diameter_mm(read_label(c.label), lv) for c in cases]))
+    d_src, d_tgt = median_diameter(source_cases), median_diameter(target_cases)
+    ratio = max(d_src, d_tgt) / min(d_src, d_tgt)
+    if not ratio <= MAX_HEART_SIZE_RATIO:
+        folder = Path(source_cases[0].image).parent
+        raise UserError(f"{folder}: the {source} hearts measure {d_src:.0f} mm (median LV blood-pool "
+                        f"diameter) and the {target} training hearts {d_tgt:.0f} mm, {ratio:.2f} times "
+                        f"apart: the headers' in-plane spacing is wrong in one of them (the "
+                        f"redistributed MS-CMRSeg C0 says 1.25 mm for 0.75 mm pixels); repair a copy "
+                        f"with: python data_prep/mscmrseg_spacing.py --data {Path(folder).parent} --out DIR")
 
 
 def acdc_cohort(data: Path, n_test: int = 20, n_train: int | None = None, seed: int = 0) -> Cohort:

@@ -16,7 +16,7 @@ __all__ = ["main"]
 
 DATASETS = {
     "mmwhs": ("MM-WHS root (ct_train/, mr_train/); default: the built-in phantom", None),
-    "mscmrseg": ("MS-CMRSeg root (C0/, LGE/), e.g. ../shared/data/mscmrseg", "mscmrseg"),
+    "mscmrseg": ("MS-CMRSeg root (C0/, LGE/), e.g. data/mscmrseg_fixed (data_prep/mscmrseg_spacing.py)", "mscmrseg"),
     "acdc": ("ACDC root (images/, masks/), e.g. ../shared/data/acdc", "acdc"),
 }
 
