@@ -142,6 +142,16 @@ def test_translation_figure_shows_each_volume_at_its_own_lv_level(tmp_path):
     assert np.allclose(image, img[9], atol=1e-4) and np.array_equal(label, lab[9])
 
 
+def test_a_rerun_replaces_its_seeds_and_every_seed_of_a_changed_setting():
+    """What a re-run (``--only`` / ``--first-seed``) keeps: other settings' rows; a setting's
+    other seeds only while its definition is unchanged (old seeds of another recipe go)."""
+    from cm_trancaf.experiments.runner import _kept
+    old = pd.DataFrame({"setting": ["a", "a", "b", "b", "c"], "seed": [0, 1, 0, 1, 0]})
+    kept = _kept(old, names={"a", "b"}, unchanged={"a"}, run_seeds={1})
+    assert kept.to_dict("records") == [{"setting": "a", "seed": 0}, {"setting": "c", "seed": 0}]
+    assert _kept(old, {"a"}, {"a"}, {0, 1})["setting"].tolist() == ["b", "b", "c"]
+
+
 def test_kfold_splits_test_every_case_once():
     ids = [f"c{i}" for i in range(11)]
     splits = kfold_splits(ids, 5, seed=3)
@@ -172,19 +182,26 @@ def test_dev_split_tests_training_cases_only_and_drops_the_test_cases():
         dev_cohort(cohort, 11)
 
 
-def test_first_seed_runs_only_the_seeds_asked_for(results, tiny_phantom, tmp_path, capsys):
-    """``first_seed``: another seed for a run whose seed 0 lives elsewhere. Only seed 1 is
-    trained (its cascade's run.seed is 1, its weights differ from seed 0's) and reported; a
-    negative first seed is one error line."""
+def test_first_seed_adds_a_seed_and_keeps_the_others(results, tiny_phantom, tmp_path, capsys):
+    """``first_seed``: a seed more in a folder holding seed 0. Only seed 1 is trained (its
+    cascade's run.seed is 1, its weights differ from seed 0's); seed 0's rows stay as they were,
+    in every results file; a negative first seed is one error line."""
     import shutil
     import cm_trancaf.experiments.command as command
     _, run, _ = results
     copy = tmp_path / "tiny"
     shutil.copytree(run, copy)
+    before = {csv: pd.read_csv(run / csv) for csv in ("per_case.csv", "centers.csv")}
     df = run_experiment("table2_ratio", SETTINGS[:1], get_preset("tiny"), copy, tiny_phantom,
                         first_seed=1)
     mine = df[df.setting == "r=0.0"]
-    assert set(mine["seed"]) == {1} and len(mine) == 2 * 9
+    assert mine.groupby("seed").size().to_dict() == {0: 2 * 9, 1: 2 * 9}
+    for csv, old in before.items():
+        new = pd.read_csv(copy / csv)
+        pd.testing.assert_frame_equal(new[new.seed == 0].reset_index(drop=True),
+                                      old.reset_index(drop=True))
+        assert set(new[new.setting == "r=0.0"]["seed"]) == {0, 1}
+    assert json.loads((copy / "settings.json").read_text())["seeds_in_results"] == [0, 1]
     seg = copy / "work/seg/r=0.0"
     assert json.loads((seg / "s1_f0/config.json").read_text())["run"]["seed"] == 1
     weights = lambda d: {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*.data-*"))}

@@ -85,9 +85,10 @@ def main(name: str, settings: list[Setting], argv=None, doc: str = "",
                                                        "folds keep seed 0)" if mmwhs else ""))
     p.add_argument("--seeds", type=int, default=1, help="seeds per setting (mean +- std over all)")
     p.add_argument("--first-seed", type=int, default=0, metavar="K",
-                   help="run seeds K ... K + seeds - 1 (e.g. another seed for a run whose "
-                        "seed 0 is elsewhere); a re-run with --only replaces the named "
-                        "settings' rows")
+                   help="run seeds K ... K + seeds - 1 (e.g. --first-seed 1 adds seed 1 to "
+                        "a folder holding seed 0); a re-run with --only replaces the named "
+                        "settings' rows of these seeds, and all their rows if a setting's "
+                        "definition changed")
     p.add_argument("--only", action="append", help="run only these settings (repeatable)")
     p.add_argument("--out", default="results", help="results root")
     p.add_argument("--run", help="run name (default: the preset)")

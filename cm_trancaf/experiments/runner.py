@@ -8,6 +8,8 @@ by the settings that use the same MTN config.
     results/<experiment>/<run>/
       config.json       base config (preset + --set), as every run folder
       settings.json     the settings, seeds, folds and data of this experiment
+                        (seeds_in_results: every seed the rows hold; a re-run of a setting
+                        replaces its rows of the seeds it runs, so --first-seed adds seeds)
       per_case.csv      setting, seed, fold, case, structure, dice, jaccard, hd_mm, hd95_mm, ...
       per_case_1mm.csv  the same at 1 mm isotropic (the MM-WHS challenge's evaluation grid)
       centers.csv       setting, seed, fold, case, localizer and final ROI centre errors (mm), passes
@@ -248,6 +250,15 @@ def _evaluate_setting(seg_dir: Path, test_cases, pred_dir: Path, labelset,
     return df.to_dict("records"), df_1mm.to_dict("records"), centers
 
 
+def _kept(old: pd.DataFrame, names: set[str], unchanged: set[str],
+          run_seeds: set[int]) -> pd.DataFrame:
+    """The rows of a results file that a run of ``names`` at ``run_seeds`` keeps: every other
+    setting's, and the other seeds of a setting whose definition is ``unchanged``."""
+    other_setting = ~old["setting"].isin(names)
+    other_seed = old["setting"].isin(unchanged) & ~old["seed"].isin(run_seeds)
+    return old[other_setting | other_seed]
+
+
 def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Path | None = None,
                    seeds: int = 1, folds: int = 0, published: dict | None = None,
                    cohort: Cohort | None = None, note: str | None = None,
@@ -286,25 +297,31 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
     _check_same_config(base, out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(base, out / "config.json")
-    # a re-run of some settings (``--only``) keeps the other settings' results
+    # a re-run of some settings (``--only``) keeps the other settings' results, and a setting's
+    # other seeds when its definition is unchanged (``--first-seed K``: seeds added to a folder)
     names = {s.name for s in settings}
+    run_seeds = set(range(first_seed, first_seed + seeds))
     kept, known = [], [asdict(s) for s in settings]
+    unchanged: set[str] = set()
     if (out / "per_case.csv").exists() and (out / "settings.json").exists():
         old = pd.read_csv(out / "per_case.csv")
-        kept = old[~old["setting"].isin(names)].to_dict("records")
-        known = [s for s in json.loads((out / "settings.json").read_text())["settings"]
+        stored = {s["name"]: s for s in json.loads((out / "settings.json").read_text())["settings"]}
+        unchanged = {s.name for s in settings
+                     if stored.get(s.name) == json.loads(json.dumps(asdict(s)))}
+        kept = _kept(old, names, unchanged, run_seeds).to_dict("records")
+        known = [s for s in stored.values()
                  if s["name"] not in names and s["name"] in set(old["setting"])] + known
+    seed_list = sorted({int(r["seed"]) for r in kept} | run_seeds)
     atomic_write_text(out / "settings.json", json.dumps(
         {"experiment": name, "data": str(data), "seeds": seeds, "first_seed": first_seed,
-         "folds": folds,
+         "seeds_in_results": seed_list, "folds": folds,
          "settings": known, "cohort": cohort.describe()}, indent=2))
     rows = list(kept)
 
-    def kept_rows(csv: str) -> list[dict]:          # the other settings' rows of a results file
+    def kept_rows(csv: str) -> list[dict]:          # the kept rows of another results file
         if not (kept and (out / csv).exists()):
             return []
-        old = pd.read_csv(out / csv)
-        return old[~old["setting"].isin(names)].to_dict("records")
+        return _kept(pd.read_csv(out / csv), names, unchanged, run_seeds).to_dict("records")
     center_rows, iso_rows = kept_rows("centers.csv"), kept_rows("per_case_1mm.csv")
     anatomy_rows, anatomy_cases = kept_rows("anatomy.csv"), kept_rows("anatomy_per_case.csv")
     for seed in range(first_seed, first_seed + seeds):
