@@ -251,7 +251,7 @@ def _evaluate_setting(seg_dir: Path, test_cases, pred_dir: Path, labelset,
 
 
 def _kept(old: pd.DataFrame, names: set[str], unchanged: set[str],
-          run_seeds: set[int]) -> pd.DataFrame:
+          run_seeds: range | set[int]) -> pd.DataFrame:
     """The rows of a results file that a run of ``names`` at ``run_seeds`` keeps: every other
     setting's, and the other seeds of a setting whose definition is ``unchanged``."""
     other_setting = ~old["setting"].isin(names)
@@ -300,7 +300,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
     # a re-run of some settings (``--only``) keeps the other settings' results, and a setting's
     # other seeds when its definition is unchanged (``--first-seed K``: seeds added to a folder)
     names = {s.name for s in settings}
-    run_seeds = set(range(first_seed, first_seed + seeds))
+    run_seeds = range(first_seed, first_seed + seeds)
     kept, known = [], [asdict(s) for s in settings]
     unchanged: set[str] = set()
     if (out / "per_case.csv").exists() and (out / "settings.json").exists():
@@ -311,7 +311,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
         kept = _kept(old, names, unchanged, run_seeds).to_dict("records")
         known = [s for s in stored.values()
                  if s["name"] not in names and s["name"] in set(old["setting"])] + known
-    seed_list = sorted({int(r["seed"]) for r in kept} | run_seeds)
+    seed_list = sorted({int(r["seed"]) for r in kept}.union(run_seeds))
     atomic_write_text(out / "settings.json", json.dumps(
         {"experiment": name, "data": str(data), "seeds": seeds, "first_seed": first_seed,
          "seeds_in_results": seed_list, "folds": folds,
@@ -324,7 +324,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
         return _kept(pd.read_csv(out / csv), names, unchanged, run_seeds).to_dict("records")
     center_rows, iso_rows = kept_rows("centers.csv"), kept_rows("per_case_1mm.csv")
     anatomy_rows, anatomy_cases = kept_rows("anatomy.csv"), kept_rows("anatomy_per_case.csv")
-    for seed in range(first_seed, first_seed + seeds):
+    for seed in run_seeds:
         for fold, (train_cases, test_cases) in enumerate(splits):
             for s in settings:
                 t0 = time.time()
