@@ -218,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("predict", help="segment whole volumes onto each input's exact grid")
-    p.add_argument("--run", required=True, help="train-seg run folder or `export` folder")
+    p.add_argument("--run", required=True, action="append",
+                   help="train-seg run folder or `export` folder; repeated: an ensemble of the "
+                        "runs (their class probabilities averaged)")
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--out", required=True, help="output folder (<case>_label.nii.gz)")
     p.add_argument("--modality", choices=["ct", "mr"], help="default: the run's data.modality")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +39,7 @@ from .utils import UserError
 
 __all__ = ["PRECISIONS", "precision_policy", "check_precision", "bf16_conv_gradient_ok",
            "float16_kernels_exist", "locate", "view_peaks", "segment_roi",
-           "center_errors_mm", "Cascade", "is_export", "load_exported", "load_generator",
+           "center_errors_mm", "Cascade", "Ensemble", "is_export", "load_exported", "load_generator",
            "translate_volume", "anatomy_monitor", "denormalize"]
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -417,6 +417,11 @@ class Cascade:
         clock("preprocess")
         classes, probs, start = self.segment(prep, profile=profile, trace=trace)
         clock.reset()
+        return self._outputs(prep, classes, probs, start, with_probs, clock)
+
+    def _outputs(self, prep: Prepared, classes: np.ndarray, probs: np.ndarray, start,
+                 with_probs: bool, clock: "_Clock"):
+        """The label image on the input's exact grid (and the ROI probabilities as an image)."""
         if self.cfg.infer.paste_back == "probs":
             out = probs_to_source(probs, start, prep)
         elif self.cfg.infer.paste_back == "nearest":
@@ -434,6 +439,65 @@ class Cascade:
         p.SetOrigin(tuple(float(v) for v in index_to_mm(prep.grid, start)))
         p.SetDirection(prep.grid.direction)
         return codes, p
+
+
+@dataclass
+class Ensemble(Cascade):
+    """Several trained cascades of one data configuration that predict as one (as nnU-Net
+    ensembles its folds): each member segments the case as its own cascade would (its localizer,
+    ROI, MAUNet and SCN), and the members' class probabilities are averaged on the working grid
+    over the box that holds every member's ROI (background, probability 1, outside a member's
+    ROI). The argmax of the mean is pasted back as one cascade's probabilities are.
+
+    ``cfg``, ``labelset`` and the networks are the first member's; ``trace`` reports the first
+    member's localizer centre and passes, and the mean of the members' final ROI centres."""
+    members: tuple = ()
+
+    @classmethod
+    def load(cls, run_dirs, precision: str = "float32", jit_compile: bool = False,
+             with_scn: bool = True, infer: list[str] | tuple = ()) -> "Cascade":
+        """One run folder: that run's ``Cascade``. Several: their ``Ensemble``; every member must
+        share the data configuration (grid, ROI, normalisation, labels) and label codes."""
+        dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+        if not dirs:
+            raise UserError("an ensemble needs at least one run folder")
+        members = [Cascade.load(d, precision, jit_compile, with_scn, infer) for d in dirs]
+        if len(members) == 1:
+            return members[0]
+        first = members[0]
+        for d, m in zip(dirs[1:], members[1:]):
+            if m.cfg.data != first.cfg.data or m.labelset != first.labelset:
+                differ = sorted(k for k, v in asdict(m.cfg.data).items()
+                                if asdict(first.cfg.data)[k] != v)
+                raise UserError(f"{d}: cannot be ensembled with {dirs[0]}: another data "
+                                f"configuration ({', '.join(differ) or 'label codes'} differ)")
+        return cls(first.cfg, first.labelset, first.localizer, first.maunet, first.scn,
+                   tuple(members))
+
+    def segment(self, prep: Prepared, center=None, profile: dict | None = None,
+                trace: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parts, traces = [], []
+        for member in self.members:
+            t = {}
+            _, probs, start = member.segment(prep, center, profile, t)
+            parts.append((np.asarray(start), probs))
+            traces.append(t)
+        if trace is not None:
+            trace.update(traces[0])
+            trace["roi_center_mm"] = np.mean([t["roi_center_mm"] for t in traces], 0)
+        lo = np.min([s for s, _ in parts], 0)
+        hi = np.max([s + np.asarray(p.shape[:3]) for s, p in parts], 0)
+        k = parts[0][1].shape[-1]
+        mean = np.zeros((*(hi - lo), k), np.float32)                  # (D, H, W, K) of the box
+        mean[..., 0] = len(parts)               # background everywhere, replaced in each ROI
+        for s, p in parts:
+            a = s - lo
+            box = tuple(slice(a[j], a[j] + p.shape[j]) for j in range(3))
+            mean[box + (0,)] -= 1.0
+            mean[box] += p
+        mean /= len(parts)
+        classes = paste(np.argmax(mean, -1).astype(np.uint8), lo, prep.image.shape, 0)
+        return classes, mean, lo
 
 
 class _Clock:

@@ -8,6 +8,8 @@ Optional: ``--iso1mm`` also writes the MM-WHS evaluation grid (1 mm, nearest nei
 ``--probs`` writes the ROI class probabilities (float32, K channels) on the working grid.
 A run folder from ``train-seg`` is all that is needed: config.json + checkpoints; or a folder
 written by ``cm-trancaf export`` (SavedModel endpoints + config), which predicts the same labels.
+Several runs of one data configuration (``--run A --run B``: e.g. seeds) predict as an ensemble,
+their class probabilities averaged (``inference.Ensemble``).
 """
 from __future__ import annotations
 
@@ -19,19 +21,20 @@ import SimpleITK as sitk
 
 from .data.io import case_id_of, list_images, read_image, write_image
 from .data.preprocess import working_grid
-from .inference import Cascade
+from .inference import Ensemble
 
 __all__ = ["predict_files"]
 
 
-def predict_files(run_dir: str | Path, inputs, out_dir: str | Path,
+def predict_files(run_dir: str | Path | list, inputs, out_dir: str | Path,
                   modality: str | None = None, overwrite: bool = False, iso1mm: bool = False,
                   probs: bool = False, profile: bool = False, precision: str = "float32",
                   jit_compile: bool = False, with_scn: bool = True,
                   traces: dict | None = None, timings: list | None = None,
                   infer: list[str] | tuple = ()) -> list[Path]:
     """Predict every input image (a folder, a file, or a list of files); returns the label files
-    (finished cases are skipped unless ``overwrite``). ``with_scn=False``: the run's MAUNet alone
+    (finished cases are skipped unless ``overwrite``). ``run_dir``: one run, or a list of runs
+    that predict as an ensemble. ``with_scn=False``: the run's MAUNet alone
     (a paired SCN ablation); ``traces`` receives each predicted case's localizer and ROI centres
     (``Cascade.segment``); ``timings`` gets ``(case id, {stage: seconds})`` for each predicted
     case in order (read, preprocess, localize, crop, maunet, scn, paste, paste_back, write), as
@@ -40,7 +43,7 @@ def predict_files(run_dir: str | Path, inputs, out_dir: str | Path,
 
     I/O overlaps compute: the next image is read and the previous outputs are written in
     background threads while the networks run (SimpleITK and TensorFlow release the GIL)."""
-    cascade = Cascade.load(run_dir, precision, jit_compile, with_scn, infer)
+    cascade = Ensemble.load(run_dir, precision, jit_compile, with_scn, infer)
     out_dir = Path(out_dir)
     todo, written = [], []
     paths = ([p for i in inputs for p in list_images(Path(i))]

@@ -1,5 +1,7 @@
 """train-seg -> predict -> evaluate on the tiny phantom: geometry, restore, loss falls, CLI."""
 import dataclasses
+import json
+import shutil
 import subprocess
 import sys
 
@@ -10,10 +12,11 @@ import SimpleITK as sitk
 from cm_trancaf.cli import main
 from cm_trancaf.config import apply_overrides, get_preset
 from cm_trancaf.data.io import Geometry, keep_locale
-from cm_trancaf.data.preprocess import crop
-from cm_trancaf.inference import Cascade
+from cm_trancaf.data.preprocess import crop, paste
+from cm_trancaf.inference import Cascade, Ensemble
 from cm_trancaf.predict import predict_files
 from cm_trancaf.train.seg import train_segmentation
+from cm_trancaf.utils import UserError
 
 
 def test_run_folder_contract(seg_run):
@@ -75,6 +78,9 @@ def test_cli_end_to_end_and_bad_inputs(seg_run, tiny_phantom, tmp_path, capsys):
     bad.write_bytes(b"\x1f\x8b garbage")
     for args in (["predict", "--run", str(seg_run), "--input", str(bad), "--out", str(tmp_path / "q")],
                  ["predict", "--run", str(tmp_path), "--input", str(bad), "--out", str(tmp_path / "q")],
+                 # an ensemble with a folder that is not a run
+                 ["predict", "--run", str(seg_run), "--run", str(tmp_path), "--input",
+                  str(tiny_phantom / "ct_test"), "--out", str(tmp_path / "q")],
                  ["evaluate", "--pred", str(tmp_path / "none"), "--gt", str(tmp_path)],
                  ["train-seg", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "s")],
                  ["train-seg", "--data", str(tiny_phantom), "--out", str(tmp_path / "s"),
@@ -549,3 +555,75 @@ def test_scn_retrained_with_input_noise_on_a_trained_maunet(seg_run, tiny_phanto
     assert {p: p.read_bytes() for p in maunet_files} == maunet_files
     log = pd.read_csv(run / "scn" / "log.csv")
     assert "input/flipped" in log.columns and (log["input/flipped"] > 0).all()
+
+
+def test_an_ensemble_of_one_run_twice_predicts_that_run_exactly(seg_run, tiny_phantom):
+    """The mean of two equal probability maps is that map: the same labels and probabilities.
+    TensorFlow's CPU kernels differ from call to call in the last bit (3e-8 here), and this tiny
+    cascade's probabilities are nearly uniform, so a voxel whose two best classes tie within that
+    may flip: the labels must agree at 99.9 % of the voxels, the probabilities within 1e-6."""
+    src = sitk.ReadImage(str(tiny_phantom / "ct_test" / "ct_test_2001_image.nii.gz"))
+    one_labels, one_probs = Cascade.load(seg_run).predict_image(src, with_probs=True)
+    ensemble = Ensemble.load([seg_run, seg_run])
+    assert isinstance(ensemble, Ensemble) and len(ensemble.members) == 2
+    labels, probs = ensemble.predict_image(src, with_probs=True)
+    same = sitk.GetArrayFromImage(labels) == sitk.GetArrayFromImage(one_labels)
+    assert same.mean() >= 0.999, same.mean()
+    np.testing.assert_allclose(sitk.GetArrayFromImage(probs), sitk.GetArrayFromImage(one_probs),
+                               atol=1e-6)
+    assert probs.GetOrigin() == one_probs.GetOrigin()
+    assert not isinstance(Ensemble.load([seg_run]), Ensemble)     # one run: its own cascade
+
+
+class _Member:
+    """A member that returns fixed ROI probabilities at a fixed start (working-grid index)."""
+    def __init__(self, probs, start):
+        self.probs, self.start = probs, np.asarray(start)
+
+    def segment(self, prep, center=None, profile=None, trace=None):
+        trace.update({"passes": 1, "localizer_mm": np.zeros(3),
+                      "roi_center_mm": self.start.astype(float)})
+        return None, self.probs, self.start
+
+
+def test_an_ensemble_averages_its_members_probabilities_over_their_rois():
+    """Against a whole-grid reference: each member's ROI probabilities placed on the working grid,
+    background (probability 1) elsewhere, averaged; the ensemble's box and labels must agree with
+    it everywhere, for ROIs that overlap in part and one that leaves the grid."""
+    from types import SimpleNamespace
+    rng = np.random.default_rng(0)
+    shape, k = (12, 14, 16), 3
+    starts = [(2, 3, 4), (4, 1, 6), (-2, 5, 9)]
+    members = []
+    for start in starts:
+        p = rng.random((6, 7, 8, k)).astype(np.float32)
+        members.append(_Member(p / p.sum(-1, keepdims=True), start))
+    reference = np.zeros(shape + (k,), np.float32)
+    for m in members:
+        canvas = np.zeros(shape + (k,), np.float32)
+        canvas[..., 0] = 1.0
+        for idx in np.ndindex(m.probs.shape[:3]):
+            at = tuple(np.asarray(idx) + m.start)
+            if all(0 <= a < n for a, n in zip(at, shape)):
+                canvas[at] = m.probs[idx]
+        reference += canvas / len(members)
+    prep = SimpleNamespace(image=np.zeros(shape, np.float32))
+    ensemble = Ensemble(None, None, None, None, None, tuple(members))
+    trace = {}
+    classes, probs, start = ensemble.segment(prep, trace=trace)
+    np.testing.assert_array_equal(start, np.min(starts, 0))
+    assert probs.shape[:3] == tuple(np.max(np.asarray(starts) + (6, 7, 8), 0) - np.min(starts, 0))
+    whole = paste(probs, start, shape, np.eye(k, dtype=np.float32)[0])
+    np.testing.assert_allclose(whole, reference, atol=1e-6)
+    np.testing.assert_array_equal(classes, np.argmax(reference, -1))
+    np.testing.assert_allclose(trace["roi_center_mm"], np.mean(starts, 0))
+
+
+def test_an_ensemble_of_runs_on_other_grids_is_a_clear_error(seg_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(seg_run, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["data"]["spacing"] = [v + 1.0 for v in cfg["data"]["spacing"]]
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match=r"other.*spacing"):
+        Ensemble.load([seg_run, other])

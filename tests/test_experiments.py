@@ -152,6 +152,34 @@ def test_a_rerun_replaces_its_seeds_and_every_seed_of_a_changed_setting():
     assert _kept(old, {"a"}, {"a"}, {0, 1})["setting"].tolist() == ["b", "b", "c"]
 
 
+def test_an_ensemble_setting_predicts_with_the_seeds_it_names(two_seeds, tiny_phantom, tmp_path):
+    """"r=0.0, 2 members" at seed 0 is the mean of "r=0.0"'s seeds 0 and 1: nothing is trained,
+    and its label maps are those of ``predict`` with both runs. Seed 1 of the ensemble would need
+    seeds 2 and 3; a setting with 0 members is one error before anything is written."""
+    import shutil
+    from cm_trancaf.predict import predict_files
+    copy = tmp_path / "tiny"
+    shutil.copytree(two_seeds[0], copy)
+    seg = copy / "work/seg/r=0.0"
+    ensemble = Setting("r=0.0, 2 members", ("scn.enabled=False",), same_run_as="r=0.0", members=2)
+    df = run_experiment("table2_ratio", [ensemble], get_preset("tiny"), copy, tiny_phantom,
+                        catalogue=SETTINGS)
+    assert sorted(p.name for p in seg.iterdir()) == ["s0_f0", "s1_f0"]      # nothing trained
+    mine = df[df.setting == ensemble.name]
+    assert set(mine["seed"]) == {0} and len(mine) == 2 * 9
+    pred = copy / "work/pred" / ensemble.name / "s0_f0"
+    again = predict_files([seg / "s0_f0", seg / "s1_f0"], tiny_phantom / "ct_test",
+                          tmp_path / "again", with_scn=False)
+    for f in again:
+        same = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / f.name))) == \
+            sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
+        assert same.mean() >= 0.999                       # the last bit of TF's CPU kernels
+    assert {"r=0.0", "r=1.0", ensemble.name} <= set(pd.read_csv(copy / "per_case.csv").setting)
+    with pytest.raises(UserError, match="members must be >= 1"):
+        run_experiment("x", [Setting("a", members=0)], get_preset("tiny"), tmp_path / "y")
+    assert not (tmp_path / "y").exists()
+
+
 def test_kfold_splits_test_every_case_once():
     ids = [f"c{i}" for i in range(11)]
     splits = kfold_splits(ids, 5, seed=3)
@@ -182,18 +210,26 @@ def test_dev_split_tests_training_cases_only_and_drops_the_test_cases():
         dev_cohort(cohort, 11)
 
 
-def test_first_seed_adds_a_seed_and_keeps_the_others(results, tiny_phantom, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def two_seeds(results, tiny_phantom, tmp_path_factory):
+    """A copy of the results folder to which seed 1 of "r=0.0" was added (``first_seed=1``)."""
+    import shutil
+    _, run, _ = results
+    copy = tmp_path_factory.mktemp("two_seeds") / "tiny"
+    shutil.copytree(run, copy)
+    df = run_experiment("table2_ratio", SETTINGS[:1], get_preset("tiny"), copy, tiny_phantom,
+                        first_seed=1)
+    return copy, df
+
+
+def test_first_seed_adds_a_seed_and_keeps_the_others(results, two_seeds, tmp_path, capsys):
     """``first_seed``: a seed more in a folder holding seed 0. Only seed 1 is trained (its
     cascade's run.seed is 1, its weights differ from seed 0's); seed 0's rows stay as they were,
     in every results file; a negative first seed is one error line."""
-    import shutil
     import cm_trancaf.experiments.command as command
     _, run, _ = results
-    copy = tmp_path / "tiny"
-    shutil.copytree(run, copy)
+    copy, df = two_seeds
     before = {csv: pd.read_csv(run / csv) for csv in ("per_case.csv", "centers.csv")}
-    df = run_experiment("table2_ratio", SETTINGS[:1], get_preset("tiny"), copy, tiny_phantom,
-                        first_seed=1)
     mine = df[df.setting == "r=0.0"]
     assert mine.groupby("seed").size().to_dict() == {0: 2 * 9, 1: 2 * 9}
     for csv, old in before.items():

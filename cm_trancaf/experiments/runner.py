@@ -73,6 +73,11 @@ class Setting:
     # named setting's run (trained first if missing): a paired ablation of the SCN's training
     # (the same MAUNet, another SCN); every other option must equal the named setting's
     maunet_from: str | None = None
+    # an ensemble (``inference.Ensemble``): seed s of this setting predicts with the mean class
+    # probabilities of the runs of seeds M*s ... M*s + M - 1 of the setting it trains (itself or
+    # ``same_run_as``), so that "X, 2 members" at seed 0 is X's seeds 0 and 1, at seed 1 its seeds
+    # 2 and 3 (members missing are trained, with their own seed, like any seed of X)
+    members: int = 1
 
 
 def _key(items) -> str:
@@ -272,6 +277,9 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
     if seeds < 1 or first_seed < 0:                     # before anything is written
         raise UserError(f"--seeds {seeds} --first-seed {first_seed}: need at least one seed and "
                         f"a first seed >= 0")
+    for s in settings:
+        if s.members < 1:
+            raise UserError(f"setting {s.name!r}: members must be >= 1, got {s.members}")
     out = Path(out)
     work = out / "work"
     if cohort is None:
@@ -305,7 +313,9 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
     unchanged: set[str] = set()
     if (out / "per_case.csv").exists() and (out / "settings.json").exists():
         old = pd.read_csv(out / "per_case.csv")
-        stored = {s["name"]: s for s in json.loads((out / "settings.json").read_text())["settings"]}
+        # a stored setting written before a field was added has that field's default
+        stored = {s["name"]: {**asdict(Setting(s["name"])), **s}
+                  for s in json.loads((out / "settings.json").read_text())["settings"]}
         unchanged = {s.name for s in settings
                      if stored.get(s.name) == json.loads(json.dumps(asdict(s)))}
         kept = _kept(old, names, unchanged, run_seeds).to_dict("records")
@@ -330,22 +340,14 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                 t0 = time.time()
                 tag = f"s{seed}_f{fold}"
                 trained = by_name[s.same_run_as] if s.same_run_as else s
-                seg_dir = work / "seg" / trained.name / tag
-                if not (seg_dir / "done.json").exists():
-                    reuse = None
-                    if trained.maunet_from:             # its MAUNet's run first
-                        reuse = work / "seg" / trained.maunet_from / tag
-                        if not (reuse / "done.json").exists():
-                            _train_setting(by_name[trained.maunet_from], base, cohort, work, seed,
-                                           train_cases, test_cases, reuse,
-                                           _reference(by_name, work, tag))
-                    _train_setting(trained, base, cohort, work, seed, train_cases, test_cases,
-                                   seg_dir, _reference(by_name, work, tag), reuse)
+                seg_dirs = [_trained_run(trained, by_name, base, cohort, work, run_seed, fold,
+                                         train_cases, test_cases)
+                            for run_seed in range(s.members * seed, s.members * (seed + 1))]
                 cfg = apply_overrides(base, list(s.overrides))
                 infer = [o for o in s.overrides if o.strip().startswith("infer.")]
                 case_rows, rows_1mm, centers = _evaluate_setting(
-                    seg_dir, test_cases, work / "pred" / s.name / tag, labelset, cfg.scn.enabled,
-                    infer)
+                    seg_dirs if len(seg_dirs) > 1 else seg_dirs[0], test_cases,
+                    work / "pred" / s.name / tag, labelset, cfg.scn.enabled, infer)
                 key = {"setting": s.name, "seed": seed, "fold": fold}
                 rows += [{**key, **r} for r in case_rows]
                 iso_rows += [{**key, **r} for r in rows_1mm]
@@ -383,6 +385,23 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                       + anatomy_table(anatomy_rows))
     print(table)
     return df
+
+
+def _trained_run(trained: Setting, by_name: dict, base, cohort: Cohort, work: Path, seed: int,
+                 fold: int, train_cases, test_cases) -> Path:
+    """The finished run of setting ``trained`` at this seed and fold, trained first if missing."""
+    tag = f"s{seed}_f{fold}"
+    seg_dir = work / "seg" / trained.name / tag
+    if not (seg_dir / "done.json").exists():
+        reuse = None
+        if trained.maunet_from:             # its MAUNet's run first
+            reuse = work / "seg" / trained.maunet_from / tag
+            if not (reuse / "done.json").exists():
+                _train_setting(by_name[trained.maunet_from], base, cohort, work, seed,
+                               train_cases, test_cases, reuse, _reference(by_name, work, tag))
+        _train_setting(trained, base, cohort, work, seed, train_cases, test_cases, seg_dir,
+                       _reference(by_name, work, tag), reuse)
+    return seg_dir
 
 
 def _check_maunet_from(s: Setting, by_name: dict) -> None:
