@@ -154,8 +154,8 @@ def test_a_rerun_replaces_its_seeds_and_every_seed_of_a_changed_setting():
 
 def test_an_ensemble_setting_predicts_with_the_seeds_it_names(two_seeds, tiny_phantom, tmp_path):
     """"r=0.0, 2 members" at seed 0 is the mean of "r=0.0"'s seeds 0 and 1: nothing is trained,
-    and its label maps are those of ``predict`` with both runs. Seed 1 of the ensemble would need
-    seeds 2 and 3; a setting with 0 members is one error before anything is written."""
+    and its label maps are those of ``predict`` with both runs; a setting with 0 members is an
+    error before anything is written."""
     import shutil
     from cm_trancaf.predict import predict_files
     copy = tmp_path / "tiny"
