@@ -417,11 +417,6 @@ class Cascade:
         clock("preprocess")
         classes, probs, start = self.segment(prep, profile=profile, trace=trace)
         clock.reset()
-        return self._outputs(prep, classes, probs, start, with_probs, clock)
-
-    def _outputs(self, prep: Prepared, classes: np.ndarray, probs: np.ndarray, start,
-                 with_probs: bool, clock: "_Clock"):
-        """The label image on the input's exact grid (and the ROI probabilities as an image)."""
         if self.cfg.infer.paste_back == "probs":
             out = probs_to_source(probs, start, prep)
         elif self.cfg.infer.paste_back == "nearest":
