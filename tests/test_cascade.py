@@ -117,7 +117,6 @@ def test_exported_savedmodel_predicts_the_same_labels(seg_run, tiny_phantom, tmp
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(fa))),
                                       sitk.GetArrayFromImage(sitk.ReadImage(str(fb))))
     # never overwrites: a second export to the same folder is a user error
-    from cm_trancaf.utils import UserError
     with pytest.raises(UserError, match="already exists"):
         export_cascade(seg_run, out)
 
@@ -152,7 +151,6 @@ def test_profile_stages_xla_and_bf16_prediction(seg_run, tiny_phantom, tmp_path,
 
 def test_folder_prediction_overlapping_io_stops_at_a_bad_file(seg_run, tiny_phantom, tmp_path):
     import shutil
-    from cm_trancaf.utils import UserError
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(tiny_phantom / "ct_test" / "ct_test_2001_image.nii.gz", folder / "a_image.nii.gz")
@@ -168,7 +166,6 @@ def test_folder_prediction_overlapping_io_stops_at_a_bad_file(seg_run, tiny_phan
 def test_every_labelled_case_trains_unless_validation_is_asked(tiny_phantom, tmp_path):
     import json
     from cm_trancaf.data.datasets import mmwhs_cases
-    from cm_trancaf.utils import UserError
     ids = [c.case_id for c in mmwhs_cases(tiny_phantom, "ct", "train")]
     cfg = apply_overrides(get_preset("tiny"), ["train_localizer.steps=2"])
     split = lambda run: json.loads((run / "split.json").read_text())
@@ -288,7 +285,6 @@ def test_dicom_series_predicts_the_labels_of_its_nifti(seg_run, tiny_phantom, tm
     w.SetFileName(str(other))
     with keep_locale():
         w.Execute(img)
-    from cm_trancaf.utils import UserError
     with pytest.raises(UserError, match="2 DICOM series"):
         predict_files(seg_run, tmp_path / "two", tmp_path / "pred_two")
 
