@@ -1,10 +1,7 @@
 """Shared fixtures: a tiny phantom data set (coarse spacing) and the real-data folder."""
-import os
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import cm_trancaf  # noqa: F401  the package's environment defaults, before TensorFlow loads
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

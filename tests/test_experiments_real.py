@@ -397,3 +397,22 @@ def test_slice_thickness_benchmark_coarsens_along_the_stack_axes():
     assert set(np.unique(sitk.GetArrayViewFromImage(thick_label))) == {0, 200, 500}
     arr = sitk.GetArrayFromImage(thick)
     assert np.allclose(arr[2:-2], plane[None], atol=1e-3)   # away from the stack's ends
+
+
+def test_train_time_benchmark_pairs_settings_within_a_round():
+    """benchmarks/train_time.py's ``ratios``: each setting is compared with the first setting of
+    the same round, so a drift of the machine's speed between rounds (here 1x, 2x, 3x) cancels;
+    the ratio is the median over rounds, its range the min and max."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_time", ROOT / "benchmarks/train_time.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    df = pd.DataFrame({"setting": ["preset", "cand"] * 3, "round": [0, 0, 1, 1, 2, 2],
+                       "s_per_step": [1.0, 1.05, 2.0, 2.3, 3.0, 3.3]})
+    out = bench.ratios(df).set_index("setting")
+    assert list(out.index) == ["preset", "cand"]
+    assert out.loc["preset", "ratio"] == 1.0 and out.loc["preset", "rounds"] == 3
+    assert np.isclose(out.loc["cand", "ratio"], 1.1)
+    assert np.isclose(out.loc["cand", "ratio_min"], 1.05)
+    assert np.isclose(out.loc["cand", "ratio_max"], 1.15)
+    assert np.isclose(out.loc["cand", "s_per_step"], 2.3)

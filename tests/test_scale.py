@@ -230,3 +230,26 @@ def test_float16_uses_loss_scaling_and_keeps_float32_weights():
     with pytest.raises(Exception, match="precision"):
         with precision_policy("float8"):
             pass
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"),
+                    reason="TensorFlow's oneDNN switch is about its x86 CPU packages")
+def test_importing_the_package_turns_on_onednn_convolutions_unless_the_user_says_no():
+    """TensorFlow leaves its oneDNN kernels off on x86 CPUs without AVX512_VNNI (its own Conv3D
+    there trained the `cpu` MAUNet 4-5x slower): importing cm_trancaf first turns them on, and a
+    user's TF_ENABLE_ONEDNN_OPTS=0 is kept. oneDNN's verbose log shows which kernel ran."""
+    code = textwrap.dedent("""
+        import cm_trancaf, tensorflow as tf
+        x = tf.random.normal((1, 8, 8, 8, 4))
+        tf.nn.conv3d(x, tf.random.normal((3, 3, 3, 4, 4)), [1] * 5, "SAME").numpy()
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    runs = {}
+    for choice in (None, "0"):
+        extra = {} if choice is None else {"TF_ENABLE_ONEDNN_OPTS": choice}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=300, env={**env, **extra, "ONEDNN_VERBOSE": "1"})
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs[choice] = r.stdout
+    assert "exec,cpu,convolution" in runs[None]
+    assert "exec,cpu,convolution" not in runs["0"]
