@@ -92,13 +92,20 @@ def evaluate_case(pred: np.ndarray, truth: np.ndarray, spacing_xyz, labelset: La
                      "dice": dice, "jaccard": jac, "hd_mm": hd,
                      "hd95_mm": hd95, "assd_mm": assd, "vol_pred_ml": a.sum() * voxel_ml,
                      "vol_gt_ml": b.sum() * voxel_ml})
-    mean = {m: float(np.nanmean([r[m] for r in rows])) for m in ("dice", "jaccard", "hd_mm",
-                                                                  "hd95_mm", "assd_mm")}
+    mean = {m: _nanmean([r[m] for r in rows]) for m in ("dice", "jaccard", "hd_mm", "hd95_mm",
+                                                         "assd_mm")}
     rows.append({"case": case_id, "structure": "WHS_mean", **mean})
     gd = 2 * inter_sum / size_sum if size_sum else 1.0
     rows.append({"case": case_id, "structure": "WHS_generalised", "dice": gd,
                  "jaccard": gd / (2 - gd)})
     return rows
+
+
+def _nanmean(values) -> float:
+    """Mean over the defined values; NaN, without numpy's warning, when none is (an empty
+    prediction has no distance to any structure)."""
+    values = np.asarray(values, np.float64)
+    return float(np.nanmean(values)) if not np.isnan(values).all() else float("nan")
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:

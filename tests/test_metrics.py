@@ -80,6 +80,15 @@ def test_missing_structures_and_whs_scores():
     np.testing.assert_allclose(rows["WHS_mean"]["dice"], (1 + 0 + 1) / 3)
     s = summarize(pd.DataFrame(list(rows.values())))
     assert s.loc["LV", "n_missing"] == 1 and s.loc["Myo", "n_missing"] == 0
+    # an empty prediction of a heart with all three structures: none has a distance, so the
+    # case's mean HD is NaN (quietly), while its mean Dice is defined
+    import warnings
+    truth[5, 5, 5] = 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = {r["structure"]: r for r in evaluate_case(np.zeros_like(truth), truth, (1, 1, 1),
+                                                         ls, "c2")}
+    assert np.isnan(rows["WHS_mean"]["hd_mm"]) and rows["WHS_mean"]["dice"] == 0.0
 
 
 def test_anatomy_score_is_one_for_an_identity_translation_and_falls_when_anatomy_moves(tmp_path):
