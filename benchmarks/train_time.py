@@ -58,18 +58,23 @@ def main(argv=None) -> int:
     if args.steps < 1 or args.rounds < 1:
         p.error("--steps and --rounds must be >= 1")
     args.preset = args.preset or ("cpu" if args.dataset == "mmwhs" else "cmr_cpu")
-    variants = [("preset", [])] + [parse_variant(v) for v in args.variant]
+    from cm_trancaf.cli import run_guarded
+    return run_guarded("train_time", lambda: run(args))
 
+
+def run(args) -> int:
     from cm_trancaf.cli import runtime_starter
-    from cm_trancaf.config import apply_overrides, get_preset
+    from cm_trancaf.config import ConfigError, apply_overrides, get_preset
     from cm_trancaf.utils import import_tensorflow_quietly
+    variants = [("preset", [])] + [parse_variant(v) for v in args.variant]
     fixed = [] if args.dataset == "mmwhs" else [f"data.labels={args.dataset}", "data.modality=mr"]
     # the same steps per run, no validation inside the timed run
     fixed += [f"train.steps={args.steps}", f"train.val_every={10 * args.steps}"]
     base = apply_overrides(get_preset(args.preset), fixed)
     configs = [(name, apply_overrides(base, overrides), overrides) for name, overrides in variants]
     if len({repr(cfg.data) for _, cfg, _ in configs}) > 1:
-        p.error("the settings must share the data section (one preparation of the cases)")
+        raise ConfigError("the settings must share the data section (one preparation of the "
+                          "cases); time other grids in runs of their own")
     import_tensorflow_quietly(False, runtime_starter(base.run))
     import keras
     from cm_trancaf.data.datasets import get_labelset
@@ -104,7 +109,6 @@ def main(argv=None) -> int:
             frame.to_csv(tmp, index=False)
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
