@@ -15,7 +15,8 @@ mmwhs``; that fold's test cases are not read) or ``experiments/acdc.py``'s train
         --rounds 3 --variant "Payer: augment.elastic_mm=15, augment.rotate_deg=20, \\
         augment.translate_mm=20, augment.scale=0.2, augment.intensity=0.2"
 
-Writes ``train_time.csv`` (one row per setting and round) into ``--out``; prints a table.
+Writes ``train_time.csv`` (one row per setting and round) and ``summary.csv`` (the ratios) into
+``--out``; prints a table.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
