@@ -33,7 +33,10 @@ CANDIDATES = [Setting("SCN retrained", maunet_from="MAUNet + SCN"),
               Setting("deep supervision", ("maunet.deep_supervision=2",)),
               # Payer et al.'s MM-WHS augmentation (beyond the paper): B-spline elastic
               # deformation, 8^3 control points, up to 15 mm; then with his larger rotation,
-              # translation and scale ranges and intensity jitter too
+              # translation and scale ranges and intensity jitter too. Since 2026-12-06 `cpu`
+              # itself (with the largest component); the draws ran on the earlier `cpu`, which
+              # is `--set augment.elastic_mm=0 augment.rotate_deg=15 augment.translate_mm=15
+              # augment.scale=0.15 augment.intensity=0 infer.largest_component=False`
               Setting("elastic", ("augment.elastic_mm=15.0",)),
               Setting("Payer's augmentation", ("augment.elastic_mm=15.0", "augment.rotate_deg=20.0",
                                               "augment.translate_mm=20.0", "augment.scale=0.2",
