@@ -110,5 +110,6 @@ def run(args) -> int:
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
+
 if __name__ == "__main__":
     raise SystemExit(main())
