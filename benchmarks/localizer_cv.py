@@ -16,6 +16,10 @@ Each ``--variant "name: key=value, key=value"`` is a set of config overrides on 
 "baseline" (the preset itself) is always run. Each ``--infer "name: infer.key=value"`` measures
 every trained localizer again with other inference settings (no retraining), beside "preset".
 Settings for the localizer are chosen here, on development data, before any test number.
+Each ``--gamma G`` measures every trained localizer again on the development patients with their
+working images' contrast changed (``gamma_contrast``: x in [-1, 1] -> 2 ((x + 1) / 2)^G - 1, a
+monotone change that the MRI's percentile normalisation does not undo, as a scanner's or
+sequence's other contrast), the inference "gamma G".
 
     python benchmarks/localizer_cv.py --dataset acdc --data ../shared/data/acdc --folds 4 \\
         --variant "intensity 0.3: localizer.intensity=0.3" --infer "7 views: infer.localizer_views=7"
@@ -28,6 +32,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +67,11 @@ def dev_splits(dataset: str, data: Path, folds: int, split_seed: int, n_test: in
     return [(train, [c for c in cohort.mtn_target if c.case_id not in ids])]
 
 
+def gamma_contrast(image: np.ndarray, gamma: float) -> np.ndarray:
+    """``image`` in [-1, 1] with its contrast bent by ``gamma`` (ends and order kept)."""
+    return (2 * ((np.clip(image, -1, 1) + 1) / 2) ** gamma - 1).astype(np.float32)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,12 +86,16 @@ def main(argv=None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar="'NAME: K=V, ...'")
     p.add_argument("--infer", action="append", default=[], metavar="'NAME: K=V, ...'",
                    help="inference settings (infer.*) each trained localizer is also measured with")
+    p.add_argument("--gamma", type=float, action="append", default=[],
+                   help="also measure on the development images with this contrast gamma")
     p.add_argument("--far", type=float, default=30.0, help="errors above this (mm) are counted")
     p.add_argument("--out", default="results/localizer_cv")
     args = p.parse_args(argv)
     args.preset = args.preset or ("cpu" if args.dataset == "mmwhs" else "cmr_cpu")
     variants = [("baseline", [])] + [parse_variant(v) for v in args.variant]
     inference = [("preset", [])] + [parse_variant(v) for v in args.infer]
+    if any(not g > 0 for g in args.gamma):
+        raise SystemExit(f"--gamma must be > 0, got {args.gamma}")
 
     from cm_trancaf.cli import runtime_starter
     from cm_trancaf.config import apply_overrides, get_preset
@@ -117,8 +131,11 @@ def main(argv=None) -> int:
                 model = build_localizer(cfg.localizer)
                 restore(Path(run_dir), "best", model=model)
             seconds = time.time() - t0
-            for how, infer_overrides in inference:
-                err = center_errors_mm(model, dv, apply_overrides(cfg, infer_overrides))
+            measures = [(how, dv, apply_overrides(cfg, o)) for how, o in inference]
+            measures += [(f"gamma {g:g}", [replace(c, image=gamma_contrast(c.image, g))
+                                           for c in dv], cfg) for g in args.gamma]
+            for how, cases, infer_cfg in measures:
+                err = center_errors_mm(model, cases, infer_cfg)
                 rows += [{"variant": name, "inference": how, "overrides": " ".join(overrides),
                           "fold": fold, "case": c.case_id, "error_mm": float(e),
                           "train_s": seconds} for c, e in zip(dv, err)]

@@ -138,7 +138,8 @@ def locate(localizer, case: Prepared, cfg: ExperimentConfig, k: int = 1):
         check_infer(cfg)
         return np.median(view_peaks(localizer, case, cfg, cfg.infer.localizer_views), axis=0)
     size = cfg.localizer.size
-    img, m, ctr = localizer_input(case, size, cfg.localizer.spacing_mm)
+    img, m, ctr = localizer_input(case, size, cfg.localizer.spacing_mm,
+                                  ranks=cfg.localizer.ranks)
     hm = np.asarray(localizer(img[None, ..., None], training=False))[0, ..., 0]
     apart = cfg.infer.candidate_separation_mm / cfg.localizer.spacing_mm
     return [ctr + m @ (p - np.asarray(size) // 2) for p in heatmap_peaks(hm, k, apart)]
@@ -170,7 +171,7 @@ def view_peaks(localizer, case: Prepared, cfg: ExperimentConfig, views: int = 1)
     if views > 1:
         shift = cfg.infer.localizer_shift_mm / np.asarray(case.grid.spacing)[::-1]   # D H W
         centres += [ctr + s * shift * e for e in np.eye(3) for s in (-1, 1)]
-    smooth = localizer_smooth(case, spacing)
+    smooth = localizer_smooth(case, spacing, cfg.localizer.ranks)
     imgs, mats = zip(*[localizer_input(case, size, spacing, c, smooth=smooth)[:2] for c in centres])
     hms = np.asarray(localizer(np.stack(imgs)[..., None], training=False))[..., 0]
     return [c + m @ (heatmap_peak(h) - np.asarray(size) // 2)

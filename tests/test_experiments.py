@@ -335,6 +335,18 @@ def test_settings_share_one_localizer_run(results):
     assert weights[0] and weights[0] == weights[1]
 
 
+def test_localizer_key_changes_only_when_a_new_localizer_option_is_on():
+    """Runs trained before ``localizer.ranks`` existed keep their shared localizer's key (the
+    option off adds nothing to it); turning it on trains another localizer."""
+    from cm_trancaf.config import apply_overrides
+    from cm_trancaf.experiments.runner import _localizer_inputs
+    cfg = get_preset("cmr_cpu")
+    off = _localizer_inputs(cfg)
+    assert "ranks" not in off["localizer"]
+    assert off == _localizer_inputs(apply_overrides(cfg, ["localizer.ranks=False"]))
+    assert _localizer_inputs(apply_overrides(cfg, ["localizer.ranks=True"]))["localizer"]["ranks"]
+
+
 def test_mtn_logs_the_anatomy_it_keeps(results):
     """With a cascade of real target cases alone (here "r=0.0"), the MTN's own validation log
     holds the anatomy (FCN) score of G_c's translations, a Dice in [0, 1] at each validation."""

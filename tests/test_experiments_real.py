@@ -309,7 +309,7 @@ def test_localizer_benchmark_measures_training_patients_only(tiny_acdc, tmp_path
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks/localizer_cv.py"), "--dataset",
                         "acdc", "--data", str(tiny_acdc), "--preset", "tiny", "--n-test", "2",
                         "--folds", "3", "--variant", "jitter: localizer.center_jitter_mm=10.0",
-                        "--infer", "views: infer.localizer_views=7",
+                        "--infer", "views: infer.localizer_views=7", "--gamma", "2",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -322,8 +322,22 @@ def test_localizer_benchmark_measures_training_patients_only(tiny_acdc, tmp_path
     assert np.isfinite(df["error_mm"]).all()
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert list(zip(summary["variant"], summary["inference"])) == [
-        ("baseline", "preset"), ("baseline", "views"), ("jitter", "preset"), ("jitter", "views")]
+        ("baseline", "preset"), ("baseline", "views"), ("baseline", "gamma 2"),
+        ("jitter", "preset"), ("jitter", "views"), ("jitter", "gamma 2")]
     assert (summary["cases"] == 3).all()
+
+
+def test_gamma_contrast_keeps_order_and_ends():
+    """The localizer benchmark's contrast stress: gamma 1 is the identity, -1 and 1 stay, the
+    order of intensities stays, and gamma > 1 darkens the mid-tones."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from localizer_cv import gamma_contrast
+    x = np.linspace(-1, 1, 101, dtype=np.float32)
+    np.testing.assert_allclose(gamma_contrast(x, 1.0), x, atol=1e-6)
+    for g in (0.5, 2.0):
+        y = gamma_contrast(x, g)
+        assert y[0] == -1 and y[-1] == 1 and (np.diff(y) > 0).all()
+    assert gamma_contrast(np.float32(0.0), 2.0) == -0.5
 
 
 def test_real_folders_list_every_patient_and_split_cleanly(mscmrseg_repaired):

@@ -267,3 +267,40 @@ def test_anywhere_centres_that_share_of_rois_off_the_heart():
         assert np.mean((lab > 0.5) == (img > 0)) > 0.97         # image and label aligned
         share[p] = np.mean(lab[:, 4, 8, 8] > 0.5)              # heart at the ROI's centre
     assert share[0.0] == 1.0 and share[1.0] < 0.2 and 0.2 < share[0.5] < 0.8, share
+
+
+def test_rank_scale_ignores_any_monotone_contrast_change():
+    """``rank_scale``: ranks in [-1, 1], the darkest voxel -1 and the brightest 1, ties share a
+    value, and any increasing map of the volume (a gamma, an affine brightness change) leaves the
+    result bit for bit; a decreasing map reverses it."""
+    from cm_trancaf.data.pipeline import rank_scale
+    rng = np.random.default_rng(0)
+    vol = rng.random((6, 7, 8)).astype(np.float32)
+    vol[0] = 0.0                                                   # 56 tied background voxels
+    r = rank_scale(vol)
+    assert r.dtype == np.float32 and r.shape == vol.shape
+    assert r.max() == 1.0 and r[vol > 0].min() > r[0, 0, 0]
+    assert np.unique(r[0]).size == 1
+    np.testing.assert_allclose(r[0, 0, 0], 2 * (55 / 2) / (vol.size - 1) - 1, rtol=1e-6)
+    for f in (lambda v: v ** 3, lambda v: 40 * v + 7, lambda v: np.log1p(100 * v)):
+        np.testing.assert_array_equal(rank_scale(f(vol).astype(np.float32)), r)
+    np.testing.assert_allclose(rank_scale(-vol), -r, atol=1e-6)
+
+
+def test_localizer_ranks_make_views_blind_to_contrast(tiny_phantom):
+    """With ``ranks`` the localizer's training views and its inference input are the same for
+    an image and for that image with its contrast changed (a linear rescale commutes with the
+    low-pass; any monotone map of the low-passed volume changes nothing: float rounding of the
+    low-pass may swap a few nearly tied voxels, a rank or two); without, they differ."""
+    from dataclasses import replace
+    from cm_trancaf.data.pipeline import localizer_input
+    case = _prepared(tiny_phantom)[:1][0]
+    other = replace(case, image=(0.4 * case.image - 0.3).astype(np.float32))
+    draw = lambda c, ranks: next(iter(localizer_dataset([c], (16, 16, 16), 20.0, 15.0, AUG, 2,
+                                                        seed=5, ranks=ranks)))[0].numpy()
+    np.testing.assert_allclose(draw(case, True), draw(other, True), atol=1e-3)
+    assert np.abs(draw(case, False) - draw(other, False)).max() > 0.1
+    a = localizer_input(case, (16, 16, 16), 20.0, ranks=True)[0]
+    b = localizer_input(other, (16, 16, 16), 20.0, ranks=True)[0]
+    np.testing.assert_allclose(a, b, atol=1e-3)
+    assert a.min() >= -1 and a.max() <= 1 and a.std() > 0.1

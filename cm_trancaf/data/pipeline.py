@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from ..config import AugmentConfig
 from .phantom import random_rotation
@@ -23,7 +23,7 @@ from .preprocess import Prepared, foreground_center
 
 __all__ = ["augment_matrix", "elastic_offsets", "bspline_weights", "augment_appearance",
            "sample_roi", "roi_dataset", "patch_dataset", "localizer_input", "localizer_smooth",
-           "localizer_dataset", "heatmap"]
+           "rank_scale", "localizer_dataset", "heatmap"]
 
 
 def augment_matrix(rng: np.random.Generator, aug: AugmentConfig, spacing_xyz) -> np.ndarray:
@@ -194,35 +194,55 @@ def heatmap(size, center, sigma_vox) -> np.ndarray:
 
 
 def localizer_input(case: Prepared, size, spacing_mm: float, center=None, matrix=None,
-                    smooth: np.ndarray | None = None):
+                    smooth: np.ndarray | None = None, ranks: bool = False):
     """Coarse view (``size`` voxels at ``spacing_mm``) of the working volume around ``center``
     (default: the volume centre); returns (image, zoom matrix used, centre). ``smooth``: the
-    volume already low-passed for ``spacing_mm`` (:func:`localizer_smooth`), for several views."""
+    volume already low-passed for ``spacing_mm`` (:func:`localizer_smooth`, with the same
+    ``ranks``), for several views."""
     sp = np.asarray(case.grid.spacing)[::-1]
     zoom = np.diag(spacing_mm / sp)
     m = zoom if matrix is None else matrix @ zoom
     if center is None:
         center = (np.asarray(case.image.shape) - 1) / 2
     if smooth is None:
-        smooth = localizer_smooth(case, spacing_mm)
+        smooth = localizer_smooth(case, spacing_mm, ranks)
     img, _ = sample_roi(smooth, None, center, size, m)
     return img, m, np.asarray(center, float)
 
 
-def localizer_smooth(case: Prepared, spacing_mm: float) -> np.ndarray:
-    """The working volume low-passed before sampling it at ``spacing_mm``."""
+def localizer_smooth(case: Prepared, spacing_mm: float, ranks: bool = False) -> np.ndarray:
+    """The working volume low-passed before sampling it at ``spacing_mm``; with ``ranks``, each
+    voxel then replaced by its rank among the volume's voxels, scaled to [-1, 1] (ties share
+    their mean rank), so a monotone change of the image's intensities changes nothing."""
     sp = np.asarray(case.grid.spacing)[::-1]
-    return ndimage.gaussian_filter(case.image, np.maximum(0.0, 0.4 * (spacing_mm / sp - 1)))
+    smooth = ndimage.gaussian_filter(case.image, np.maximum(0.0, 0.4 * (spacing_mm / sp - 1)))
+    return rank_scale(smooth) if ranks else smooth
+
+
+def rank_scale(volume: np.ndarray) -> np.ndarray:
+    """Each voxel's rank among ``volume``'s voxels (ties: their mean rank), scaled to [-1, 1]."""
+    r = stats.rankdata(volume, method="average").reshape(volume.shape)
+    return (2 * (r - 1) / max(volume.size - 1, 1) - 1).astype(np.float32)
 
 
 def localizer_dataset(cases: list[Prepared], size, spacing_mm: float, sigma_mm: float,
                       aug: AugmentConfig, batch_size: int, seed: int, start: int = 0,
-                      jitter_mm: float = 30.0, intensity: float = 0.0):
+                      jitter_mm: float = 30.0, intensity: float = 0.0, ranks: bool = False):
     """Batches ``(coarse image (B, d, h, w, 1), heatmap (B, d, h, w, 1))`` of the heart centre;
     each view is centred up to ``jitter_mm`` off the volume centre (as a test volume's heart is),
-    its intensities scaled and shifted by up to ``intensity`` (``_augment_intensity``)."""
+    its intensities scaled and shifted by up to ``intensity`` (``_augment_intensity``);
+    ``ranks``: the views read intensity ranks (:func:`localizer_smooth`)."""
     size = tuple(int(s) for s in size)
     targets = [foreground_center(c.label) for c in cases]
+    # ranking a volume takes a sort: done once per case, not once per view
+    cache = {}
+
+    def smoothed(k):
+        if not ranks:
+            return None
+        if k not in cache:
+            cache[k] = localizer_smooth(cases[k], spacing_mm, ranks=True)
+        return cache[k]
 
     def draw(i):
         rng = np.random.default_rng([seed, int(i)])
@@ -232,7 +252,7 @@ def localizer_dataset(cases: list[Prepared], size, spacing_mm: float, sigma_mm: 
         center = (np.asarray(c.image.shape) - 1) / 2 + rng.uniform(-jitter_mm, jitter_mm, 3) / sp
         m = augment_matrix(rng, AugmentConfig(scale=aug.scale, rotate_deg=aug.rotate_deg,
                                               flip_prob=0.0), c.grid.spacing)
-        img, mz, ctr = localizer_input(c, size, spacing_mm, center, m)
+        img, mz, ctr = localizer_input(c, size, spacing_mm, center, m, smooth=smoothed(k))
         img = _augment_intensity(img, rng, intensity)
         # heart centre in coarse coordinates: invert x = ctr + mz (o - o_c)
         o = np.linalg.solve(mz, targets[k] - ctr) + np.asarray(size) // 2

@@ -491,6 +491,8 @@ def _localizer_inputs(cfg) -> dict:
     d["data"].pop("real_share")
     if d["data"]["grid_axes"] == "world":    # added later: runs made before keep their key
         d["data"].pop("grid_axes")
+    if not d["localizer"]["ranks"]:           # likewise
+        d["localizer"].pop("ranks")
     return {k: d[k] for k in ("data", "augment", "localizer", "train_localizer", "run")}
 
 

@@ -147,7 +147,7 @@ def train_localizer(cfg: ExperimentConfig, train: list[Prepared], val: list[Prep
     step = make_step(strategy, loss_fn, model.trainable_variables, opt, cfg.run.jit_compile)
     batches = lambda start: distribute(strategy, localizer_dataset(
         train, lc.size, lc.spacing_mm, lc.sigma_mm, cfg.augment, t.batch_size, cfg.run.seed,
-        start, lc.center_jitter_mm, lc.intensity))
+        start, lc.center_jitter_mm, lc.intensity, lc.ranks))
     run = _run(cfg, t, run_dir, {"model": model, "optimizer": opt}, validate if val else None,
                "val/center_error_mm", False, "localizer")
     return train_loop(run, batches, step)
