@@ -340,11 +340,12 @@ def test_localizer_key_changes_only_when_a_new_localizer_option_is_on():
     option off adds nothing to it); turning it on trains another localizer."""
     from cm_trancaf.config import apply_overrides
     from cm_trancaf.experiments.runner import _localizer_inputs
-    cfg = get_preset("cmr_cpu")
+    cfg = get_preset("cpu")                                         # ranks off
     off = _localizer_inputs(cfg)
     assert "ranks" not in off["localizer"]
     assert off == _localizer_inputs(apply_overrides(cfg, ["localizer.ranks=False"]))
     assert _localizer_inputs(apply_overrides(cfg, ["localizer.ranks=True"]))["localizer"]["ranks"]
+    assert _localizer_inputs(get_preset("cmr_cpu"))["localizer"]["ranks"]
 
 
 def test_mtn_logs_the_anatomy_it_keeps(results):
