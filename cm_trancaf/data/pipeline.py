@@ -234,14 +234,12 @@ def localizer_dataset(cases: list[Prepared], size, spacing_mm: float, sigma_mm: 
     ``ranks``: the views read intensity ranks (:func:`localizer_smooth`)."""
     size = tuple(int(s) for s in size)
     targets = [foreground_center(c.label) for c in cases]
-    # ranking a volume takes a sort: done once per case, not once per view
+    # the low-pass (and the ranks' sort) is done once per case, not once per view
     cache = {}
 
     def smoothed(k):
-        if not ranks:
-            return None
         if k not in cache:
-            cache[k] = localizer_smooth(cases[k], spacing_mm, ranks=True)
+            cache[k] = localizer_smooth(cases[k], spacing_mm, ranks)
         return cache[k]
 
     def draw(i):
