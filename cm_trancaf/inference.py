@@ -157,6 +157,8 @@ def check_infer(cfg: ExperimentConfig) -> None:
         raise UserError(f"infer.shift_mm must be > 0, got {cfg.infer.shift_mm}")
     if cfg.infer.extend_tiles < 0:
         raise UserError(f"infer.extend_tiles must be >= 0, got {cfg.infer.extend_tiles}")
+    if cfg.infer.refine_passes < 0:
+        raise UserError(f"infer.refine_passes must be >= 0, got {cfg.infer.refine_passes}")
     if cfg.infer.extend_step_mm <= 0:
         raise UserError(f"infer.extend_step_mm must be > 0, got {cfg.infer.extend_step_mm}")
 
@@ -346,8 +348,9 @@ class Cascade:
         localizer's centre and the final ROI centre (mm, x y z) and the number of passes.
 
         After the first pass the ROI is re-centred on the segmented heart and segmented again
-        (``infer.refine_passes`` times): a heart the localizer placed off-centre, partly outside
-        the ROI, is then seen whole. With ``infer.candidates`` > 1, when the ROI at the highest
+        (``infer.refine_passes`` times, fewer once the ROI stays put): a heart the localizer
+        placed off-centre, partly outside the ROI, is then seen whole. ``infer.start_shift_mm``
+        (a stress test) moves the localizer's centre before the first pass. With ``infer.candidates`` > 1, when the ROI at the highest
         heatmap peak holds less than ``infer.candidate_min_ml`` of heart, the other candidate
         centres are segmented too and the one with the most heart goes on."""
         clock = _Clock(profile)
@@ -356,6 +359,10 @@ class Cascade:
             k = self.cfg.infer.candidates
             candidates = locate(self.localizer, prep, self.cfg, k) if k > 1 else \
                 [locate(self.localizer, prep, self.cfg)]
+            shift = np.asarray(self.cfg.infer.start_shift_mm, float)   # x y z mm (stress test)
+            if shift.any():
+                shift = (shift / np.asarray(prep.grid.spacing))[::-1]  # -> index units, D H W
+                candidates = [np.asarray(c, float) + shift for c in candidates]
         clock("localize")
         center = candidates[0]
         if len(candidates) > 1:

@@ -353,6 +353,55 @@ def test_heart_candidates_recover_a_heart_the_highest_peak_misses():
     np.testing.assert_allclose(peaks[:2], [[8, 8, 8], [2, 2, 2]])
 
 
+def test_refine_passes_recover_a_heart_the_first_roi_cuts():
+    """``infer.start_shift_mm`` moves the localizer's centre by exactly that many mm (a stress
+    test); from a start that leaves most of a heart outside the ROI, each re-centring pass brings
+    the ROI closer to the heart until it holds all of it, and no pass runs once the ROI stays put."""
+    from dataclasses import replace
+    from scipy import ndimage
+    from cm_trancaf.data.datasets import LABEL_SETS
+    from cm_trancaf.data.preprocess import index_to_mm, prepare
+
+    arr = np.full((64, 64, 64), -1000.0, np.float32)
+    zz, yy, xx = np.indices(arr.shape)
+    heart = (zz - 32) ** 2 + (yy - 30) ** 2 + (xx - 34) ** 2 <= 64   # radius 8 voxels, 48 mm
+    arr[heart] = 1000.0
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((6.0, 6.0, 6.0))
+    cfg = get_preset("tiny")                                         # ROI 32^3 voxels of 6 mm
+    prep = prepare(image, None, cfg.data, "ct", 8)
+
+    def localizer(x, training=False):                                # peak on the bright heart
+        x = np.asarray(x)[0, ..., 0]
+        return ndimage.gaussian_filter((x > 0).astype(np.float32), 1.0)[None, ..., None]
+
+    def maunet(x, training=False):                                   # foreground where bright
+        p = 1.0 / (1.0 + np.exp(-10.0 * np.asarray(x)[..., 0]))
+        out = np.zeros(p.shape + (8,), np.float32)
+        out[..., 0], out[..., 1] = 1.0 - p, p
+        return out
+
+    heart_mm = index_to_mm(prep.grid, np.argwhere(heart).mean(0))
+    shift = (84.0, -84.0, 0.0)                                       # 14 voxels in x and y
+
+    def run(passes, start_shift):
+        infer = replace(cfg.infer, refine_passes=passes, start_shift_mm=start_shift)
+        c = Cascade(replace(cfg, infer=infer), LABEL_SETS["mmwhs"], localizer, maunet, None)
+        trace = {}
+        classes, _, _ = c.segment(prep, trace=trace)
+        return trace, (classes > 0)[heart].mean()
+
+    unshifted, _ = run(0, (0.0, 0.0, 0.0))
+    traces, found = zip(*[run(p, shift) for p in (0, 1, 2, 5)])
+    for t in traces:                                                 # the start moved exactly
+        np.testing.assert_allclose(np.asarray(t["localizer_mm"]) - unshifted["localizer_mm"],
+                                   shift, atol=1e-6)
+    distance = [np.linalg.norm(np.asarray(t["roi_center_mm"]) - heart_mm) for t in traces]
+    assert distance[0] > 100.0 and found[0] < 0.6                   # half the heart cut off
+    assert distance[0] > distance[1] > distance[2] and distance[2] < 6.0 and found[2] == 1.0
+    assert traces[3]["passes"] < 6 and distance[3] < 6.0            # stops once the ROI stays put
+
+
 @pytest.mark.parametrize("views", [1, 7])
 def test_each_localizer_view_maps_its_peak_back_to_the_same_heart(views):
     """A localizer that returns its input as the heatmap sees a bright blob (the "heart") in

@@ -238,7 +238,8 @@ def test_mtn_on_histogram_matched_source_learns_and_translates_those(tiny_mscmrs
 
 def test_acdc_experiment_script_end_to_end(tiny_acdc, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "experiments/acdc.py"), "--data", str(tiny_acdc),
-                        "--preset", "tiny", "--n-test", "2", "--only", "MAUNet (SCN off)",
+                        "--preset", "tiny", "--n-test", "2", "--only",
+                        "MAUNet + SCN, start 42 mm off, 3 refine passes",
                         "--set", "data.spacing=(6.0, 6.0, 10.0)", "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
