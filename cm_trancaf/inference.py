@@ -350,9 +350,10 @@ class Cascade:
         After the first pass the ROI is re-centred on the segmented heart and segmented again
         (``infer.refine_passes`` times, fewer once the ROI stays put): a heart the localizer
         placed off-centre, partly outside the ROI, is then seen whole. ``infer.start_shift_mm``
-        (a stress test) moves the localizer's centre before the first pass. With ``infer.candidates`` > 1, when the ROI at the highest
-        heatmap peak holds less than ``infer.candidate_min_ml`` of heart, the other candidate
-        centres are segmented too and the one with the most heart goes on."""
+        (a stress test) moves the localizer's centre before the first pass. With
+        ``infer.candidates`` > 1, when the ROI at the highest heatmap peak holds less than
+        ``infer.candidate_min_ml`` of heart, the other candidate centres are segmented too and
+        the one with the most heart goes on."""
         clock = _Clock(profile)
         candidates = [center]
         if center is None:
