@@ -355,8 +355,8 @@ def test_heart_candidates_recover_a_heart_the_highest_peak_misses():
 
 def test_refine_passes_recover_a_heart_the_first_roi_cuts():
     """``infer.start_shift_mm`` moves the localizer's centre by exactly that many mm (a stress
-    test); from a start that leaves most of a heart outside the ROI, each re-centring pass brings
-    the ROI closer to the heart until it holds all of it, and no pass runs once the ROI stays put."""
+    test); from a start that leaves half a heart outside the ROI, each re-centring pass brings the
+    ROI closer to the heart until it holds all of it, and no pass runs once the ROI stays put."""
     from dataclasses import replace
     from scipy import ndimage
     from cm_trancaf.data.datasets import LABEL_SETS
