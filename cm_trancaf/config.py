@@ -226,7 +226,7 @@ class InferenceConfig:
     # re-centre the ROI on the first pass's segmentation and segment again, this many times
     # (covers the localizer's error; paper silent: Payer crops once around the localizer's peak)
     refine_passes: int = 1
-    # stress test only (0 = off): the localizer's centre is moved by this many mm along the
+    # stress test only (zeros = off): the localizer's centre is moved by this many mm along the
     # working grid's x, y, z axes before the first ROI is cut, as if the localizer had erred by
     # that much; measures how far the re-centring passes recover a misplaced heart (#15)
     start_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)

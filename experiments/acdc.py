@@ -13,6 +13,7 @@ import sys
 
 from cm_trancaf.experiments import Setting, main
 
+THREE_PASSES, START_OFF = "infer.refine_passes=3", "infer.start_shift_mm=(30.0, 30.0, 0.0)"
 SETTINGS = [Setting("MAUNet + SCN"),
             Setting("MAUNet (SCN off)", ("scn.enabled=False",), same_run_as="MAUNet + SCN"),
             # the ROI centred on the heart even where the stack is shorter than the ROI (before
@@ -22,12 +23,9 @@ SETTINGS = [Setting("MAUNet + SCN"),
             # #15 "no lost hearts": the re-centring passes (infer.refine_passes, 1 in cmr_cpu)
             # with 3, and both under a stress that moves the localizer's centre 42 mm in-plane
             # (30 mm along x and y; patient037's localizer was 38-91 mm off) before the first ROI
-            Setting("MAUNet + SCN, 3 refine passes", ("infer.refine_passes=3",),
-                    same_run_as="MAUNet + SCN"),
-            Setting("MAUNet + SCN, start 42 mm off", ("infer.start_shift_mm=(30.0, 30.0, 0.0)",),
-                    same_run_as="MAUNet + SCN"),
-            Setting("MAUNet + SCN, start 42 mm off, 3 refine passes",
-                    ("infer.start_shift_mm=(30.0, 30.0, 0.0)", "infer.refine_passes=3"),
+            Setting("MAUNet + SCN, 3 refine passes", (THREE_PASSES,), same_run_as="MAUNet + SCN"),
+            Setting("MAUNet + SCN, start 42 mm off", (START_OFF,), same_run_as="MAUNet + SCN"),
+            Setting("MAUNet + SCN, start 42 mm off, 3 refine passes", (START_OFF, THREE_PASSES),
                     same_run_as="MAUNet + SCN")]
 # A 2D U-Net on the 100 ACDC training patients (Dangi et al., Med Phys 2019, Table II, "UNet"),
 # mean of RV, Myo, LV: https://pmc.ncbi.nlm.nih.gov/articles/PMC7372294/table/T2
