@@ -531,3 +531,25 @@ def test_candidate_settings_run_only_when_named(monkeypatch, capsys):
                         candidates=candidates) == 2
     err = capsys.readouterr().err
     assert "'d'" in err or "no such setting" in err
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in (ROOT / "experiments").glob("*.py")))
+def test_every_experiment_scripts_settings_are_well_formed(script):
+    """Each script's settings and --only candidates have distinct names, every override is a real
+    config field of the right type, and same_run_as / maunet_from name one of its settings: a
+    typo would otherwise surface only when that setting's turn comes, hours into a run."""
+    import importlib.util
+    from cm_trancaf.config import apply_overrides
+    from cm_trancaf.experiments.runner import _check_maunet_from
+    spec = importlib.util.spec_from_file_location(f"experiment_{script}",
+                                                  ROOT / "experiments" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    settings = [*module.SETTINGS, *getattr(module, "CANDIDATES", [])]
+    by_name = {s.name: s for s in settings}
+    assert len(by_name) == len(settings), "two settings share a name"
+    for s in settings:
+        apply_overrides(get_preset("tiny"), [*s.overrides, *s.mtn_overrides])
+        assert s.members >= 1
+        assert s.same_run_as is None or s.same_run_as in by_name, s.name
+        _check_maunet_from(s, by_name)
