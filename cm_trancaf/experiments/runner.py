@@ -277,9 +277,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
     if seeds < 1 or first_seed < 0:                     # before anything is written
         raise UserError(f"--seeds {seeds} --first-seed {first_seed}: need at least one seed and "
                         f"a first seed >= 0")
-    for s in settings:
-        if s.members < 1:
-            raise UserError(f"setting {s.name!r}: members must be >= 1, got {s.members}")
+    by_name = check_settings(settings, catalogue)
     out = Path(out)
     work = out / "work"
     if cohort is None:
@@ -296,12 +294,6 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
         raise UserError(f"settings {needs_source} need source-domain cases (MTN, pooling or "
                         f"histogram matching); {data} ({cohort.layout}) has none: add them, or "
                         f"run the settings without them (--without-mtn)")
-    by_name = {s.name: s for s in [*(catalogue or []), *settings]}
-    for s in settings:
-        if s.same_run_as is not None and s.same_run_as not in by_name:
-            raise UserError(f"setting {s.name!r} evaluates the run of {s.same_run_as!r}, which "
-                            f"is not a setting of this experiment ({sorted(by_name)})")
-        _check_maunet_from(by_name[s.same_run_as] if s.same_run_as else s, by_name)
     _check_same_config(base, out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(base, out / "config.json")
@@ -402,6 +394,22 @@ def _trained_run(trained: Setting, by_name: dict, base, cohort: Cohort, work: Pa
         _train_setting(trained, base, cohort, work, seed, train_cases, test_cases, seg_dir,
                        _reference(by_name, work, tag), reuse)
     return seg_dir
+
+
+def check_settings(settings: list[Setting], catalogue: list[Setting] | None = None
+                   ) -> dict[str, Setting]:
+    """The settings by name (``catalogue``'s and these), after the errors a run would meet only
+    at a setting's turn: members < 1, a ``same_run_as`` or ``maunet_from`` naming no fully
+    trained setting of the experiment."""
+    by_name = {s.name: s for s in [*(catalogue or []), *settings]}
+    for s in settings:
+        if s.members < 1:
+            raise UserError(f"setting {s.name!r}: members must be >= 1, got {s.members}")
+        if s.same_run_as is not None and s.same_run_as not in by_name:
+            raise UserError(f"setting {s.name!r} evaluates the run of {s.same_run_as!r}, which "
+                            f"is not a setting of this experiment ({sorted(by_name)})")
+        _check_maunet_from(by_name[s.same_run_as] if s.same_run_as else s, by_name)
+    return by_name
 
 
 def _check_maunet_from(s: Setting, by_name: dict) -> None:
