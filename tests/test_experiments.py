@@ -549,3 +549,15 @@ def test_every_experiment_scripts_settings_are_well_formed(script):
     assert len(check_settings(settings)) == len(settings), "two settings share a name"
     for s in settings:
         apply_overrides(get_preset("tiny"), [*s.overrides, *s.mtn_overrides])
+
+
+@pytest.mark.parametrize("bad", [Setting("typo", ("train.stpes=10",)),
+                                 Setting("wrong type", mtn=True, mtn_overrides=("mtn.lam=ten",))])
+def test_a_settings_bad_override_stops_the_run_before_anything_is_written(bad, tmp_path):
+    """A setting built in a notebook or script with a misspelt or mistyped override fails at the
+    start, naming the key, not hours later when its turn comes after the other settings."""
+    from cm_trancaf.config import ConfigError
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"train.stpes|mtn.lam"):
+        run_experiment("x", [Setting("fine"), bad], get_preset("tiny"), out)
+    assert not out.exists()

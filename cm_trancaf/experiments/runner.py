@@ -278,6 +278,8 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
         raise UserError(f"--seeds {seeds} --first-seed {first_seed}: need at least one seed and "
                         f"a first seed >= 0")
     by_name = check_settings(settings, catalogue)
+    for s in settings:                                  # a typo fails now, not at its turn
+        apply_overrides(base, [*s.overrides, *s.mtn_overrides])
     out = Path(out)
     work = out / "work"
     if cohort is None:
