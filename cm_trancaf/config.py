@@ -113,7 +113,8 @@ class CycleGANConfig:
     # zero-initialised last convolution instead of tanh, so each G starts as the identity and
     # the adversarial loss moves appearance away from it (a global residual skip; the paper's
     # G regenerates the whole image, which at CPU scale loses anatomy). Measured on MS-CMRSeg
-    # (development): it stays the identity, D_c at chance on bSSFP vs LGE patches (README)
+    # (development): it stays the identity, D_c at chance on bSSFP vs LGE patches
+    # (experiments/README.md)
     gen_residual: bool = False
     disc_filters: int = 32
     disc_layers: int = 3                       # PatchGAN strided convolutions
@@ -123,7 +124,8 @@ class CycleGANConfig:
     # from LGE patches at 0.69 accuracy with it and 0.83 without it: per-patch
     # normalisation over a few voxels at depth 2 or 1 removes the contrast that tells them apart.
     # In the MTN (residual G, w_id 0, 3000 steps) D_c then beats chance and G changes the bSSFP,
-    # but the FCN score falls (45.4 vs 46.3 % untranslated; development, README): not adopted
+    # but the FCN score falls (45.4 vs 46.3 % untranslated; development, experiments/README.md):
+    # not adopted
     disc_norm: bool = True
     patch_size: tuple[int, int, int] = (64, 64, 64)
     lam: float = 10.0                          # lambda, weight of L_cycle (SPEC; ablation 5/10/20)
@@ -141,7 +143,8 @@ class CycleGANConfig:
     validations: int = 4                       # evenly spaced validations + checkpoints per run
     # w_s, weight of the shape-consistency term (beyond the paper; 0 = off, the paper's MTN):
     # a frozen target-domain MAUNet must segment G_c(labelled source ROI) as its source labels
-    # (Zhang et al., CVPR 2018, with a fixed segmenter; train_mtn(anatomy_run=), README)
+    # (Zhang et al., CVPR 2018, with a fixed segmenter; train_mtn(anatomy_run=);
+    # experiments/README.md)
     shape_weight: float = 0.0
 
 
@@ -167,7 +170,7 @@ class MAUNetConfig:
     # and std of its voxels above -1 (padding and the volume's darkest percent left out), so the
     # ROI's own contrast, not the whole field of view's percentiles, sets the input scale
     # (nnU-Net z-scores each MRI image; here the ROI the MAUNet sees). MS-CMRSeg development LGE
-    # patients: -0.07 points paired (2 better, 3 worse), not adopted (README)
+    # patients: -0.07 points paired (2 better, 3 worse), not adopted (experiments/README.md)
     input_norm: bool = False
 
 
@@ -208,7 +211,7 @@ class LocalizerConfig:
     # ranks, scaled to [-1, 1] (histogram equalisation), not its intensities, so any monotone
     # change of an MRI's contrast or brightness leaves its input unchanged (an MRI's grey levels
     # have no fixed meaning; Nyul and Udupa 1999). True in `cmr_cpu`, chosen on ACDC's training
-    # patients (benchmarks/localizer_cv.py --gamma, README)
+    # patients (benchmarks/localizer_cv.py --gamma, experiments/README.md)
     ranks: bool = False
 
 
@@ -233,7 +236,8 @@ class InferenceConfig:
     # along an axis where the working volume is shorter than the ROI (a short-axis MRI stack of
     # 13-14 working slices in a 16-slice ROI), move the ROI to hold the whole axis: centred on
     # the heart it cut off an end slice of 2 of the 5 MS-CMRSeg development LGE stacks; ACDC dev
-    # split +0.17 points, HD -1.3 mm (README). False: the ROI stays centred (before this option)
+    # split +0.17 points, HD -1.3 mm (experiments/README.md). False: the ROI stays centred
+    # (before this option)
     cover_short_axes: bool = True
     # along an axis longer than the ROI, keep the ROI inside the volume (moved as little as
     # needed) rather than centred with padding past the volume's end
@@ -347,8 +351,8 @@ PRESETS["demo"] = _preset(
 # Beyond the paper: Payer et al.'s MM-WHS augmentation (B-spline elastic up to 15 mm, rotation
 # 20 deg, translation 20 mm, scale 0.2, intensity 0.2) and nnU-Net's largest component per
 # structure, adopted by a rule written before the draws (MM-WHS development cases: +0.50 pooled
-# over 12 cases, 10 better, HD no worse; MAUNet time ratio 1.006 in alternation; README
-# "Choosing `cpu` settings").
+# over 12 cases, 10 better, HD no worse; MAUNet time ratio 1.006 in alternation;
+# experiments/README.md "Choosing `cpu` settings").
 PRESETS["cpu"] = _preset(
     PRESETS["demo"], "cpu",
     data={"spacing": (3.0, 3.0, 3.0), "roi_size": (64, 64, 64), "enhance_sigma_mm": 3.0},
@@ -382,7 +386,8 @@ PRESETS["tiny"] = _preset(
 # The grid runs along each stack's own axes (data.grid_axes="image"): MS-CMRSeg's stacks are
 # oblique, and a world-aligned 6 mm axis cut across their 0.75 mm in-plane detail (perfect labels
 # pasted back: Myo 93.6 %, 95.6 % on the stack's axes; "LGE only" on the 5 development LGE
-# patients 79.0 -> 81.1 %, README). ACDC's stacks are in the identity direction: the same grid.
+# patients 79.0 -> 81.1 %, experiments/README.md). ACDC's stacks are in the identity direction:
+# the same grid.
 PRESETS["cmr"] = _preset(
     PRESETS["paper"], "cmr",
     data={"modality": "mr", "spacing": (1.25, 1.25, 5.0), "roi_size": (24, 128, 128),
@@ -394,10 +399,11 @@ PRESETS["cmr"] = _preset(
 )
 # Real cardiac MRI on 2 CPU cores (ACDC, MS-CMRSeg): the `cpu` recipe on an anisotropic
 # 2 x 2 x 6 mm grid, 16 x 64 x 64 ROI (96 x 128 x 128 mm), 4000 MAUNet steps; about 26 minutes for
-# the whole cascade. Chosen on ACDC's development split (experiments/acdc.py --dev 15, README):
+# the whole cascade. Chosen on ACDC's development split (experiments/acdc.py --dev 15;
+# experiments/README.md):
 # 2.5 x 2.5 x 6 mm and a 16 x 48 x 48 ROI took 16 minutes and scored 0.6 points less. Localizer
 # 1500 steps: centre error median 6.7 mm against 9.2 at 600 (benchmarks/localizer_cv.py, 4-fold
-# CV over ACDC's 79 training patients, README).
+# CV over ACDC's 79 training patients, experiments/README.md).
 PRESETS["cmr_cpu"] = _preset(
     PRESETS["cpu"], "cmr_cpu",
     data={"modality": "mr", "spacing": (2.0, 2.0, 6.0), "roi_size": (16, 64, 64),

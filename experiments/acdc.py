@@ -27,7 +27,8 @@ SETTINGS = [Setting("MAUNet + SCN"),
             Setting("MAUNet + SCN, start 42 mm off", (START_OFF,), same_run_as="MAUNet + SCN"),
             Setting("MAUNet + SCN, start 42 mm off, 3 refine passes", (START_OFF, THREE_PASSES),
                     same_run_as="MAUNet + SCN")]
-# Run only with --only (beyond the paper and the 30-minute budget; README "Ensembles of seeds"):
+# Run only with --only (beyond the paper and the 30-minute budget; experiments/README.md,
+# "Ensembles of seeds"):
 # seed s of "MAUNet + SCN, 3 members" averages the class probabilities of "MAUNet + SCN"'s seeds
 # 3s, 3s + 1 and 3s + 2 (inference.Ensemble; nothing to train where those seeds exist)
 CANDIDATES = [Setting("MAUNet + SCN, 3 members", same_run_as="MAUNet + SCN", members=3)]

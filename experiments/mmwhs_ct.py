@@ -18,7 +18,8 @@ from cm_trancaf.experiments import Setting, main
 
 SETTINGS = [Setting("MAUNet + SCN"),
             Setting("MAUNet (SCN off)", ("scn.enabled=False",), same_run_as="MAUNet + SCN")]
-# Run only with --only (development candidates, not adopted; README "Choosing `cpu` settings"):
+# Run only with --only (development candidates, not adopted; experiments/README.md, "Choosing
+# `cpu` settings"):
 # the SCN alone retrained on the same MAUNet, its inputs corrupted by smooth noise
 # (scn.input_noise, beyond the paper), and without (the control: the SCN's own seed spread).
 CANDIDATES = [Setting("SCN retrained", maunet_from="MAUNet + SCN"),

@@ -42,7 +42,8 @@ SETTINGS = [
     Setting("LGE + MTN(bSSFP) r=0.5, SCN off", ("scn.enabled=False",),
             same_run_as="LGE + MTN(bSSFP) r=0.5"),
     # w_s = 5: on the MTN's anatomy log (5 labelled bSSFP cases the term does not train on),
-    # 1000 steps: w_s 0 / 1 / 5 averaged 0.42 / 0.48 / 0.49 over its 4 validations (README)
+    # 1000 steps: w_s 0 / 1 / 5 averaged 0.42 / 0.48 / 0.49 over its 4 validations
+    # (experiments/README.md)
     Setting("LGE + MTN(bSSFP) r=0.5, shape term", mtn=True, ratio=0.5,
             mtn_overrides=("mtn.shape_weight=5.0",)),
     # beyond the paper: half of the training ROIs from the 5 real LGE cases (uniform sampling
@@ -50,14 +51,15 @@ SETTINGS = [
     Setting("LGE + MTN(bSSFP) r=0.5, real share 0.5", ("data.real_share=0.5",), mtn=True,
             ratio=0.5),
     # beyond the paper: both changes fixed before any run of this setting, not tuned; the paper's
-    # MTN on the stack axes drew a transposed-convolution checkerboard (README figure)
+    # MTN on the stack axes drew a transposed-convolution checkerboard (experiments/README.md,
+    # figure)
     Setting("LGE + MTN(hist-matched bSSFP) r=0.5", mtn=True, harmonize=True, ratio=0.5,
             mtn_overrides=("mtn.gen_upsample=resize",)),
 ]
-# Run only with --only (beyond the paper; README "Ensembles"): nnU-Net-style ensembles of "LGE
-# only" seeds (inference.Ensemble: class probabilities averaged). Seed s of "X, 2 members" uses
-# X's seeds 2s and 2s + 1. Two full members cost twice the 30-minute budget; two members at half
-# the MAUNet steps fit in it.
+# Run only with --only (beyond the paper; experiments/README.md, "Ensembles of seeds"):
+# nnU-Net-style ensembles of "LGE only" seeds (inference.Ensemble: class probabilities
+# averaged). Seed s of "X, 2 members" uses X's seeds 2s and 2s + 1. Two full members cost twice
+# the 30-minute budget; two members at half the MAUNet steps fit in it.
 CANDIDATES = [
     Setting("LGE only, 2 members", same_run_as="LGE only", members=2),
     Setting("LGE only, half steps", ("train.steps=2000",)),

@@ -170,7 +170,8 @@ def test_instance_norm_in_D_hides_a_patch_s_contrast_and_disc_norm_false_shows_i
     # At initialisation (zero biases) conv -> LeakyReLU is positively homogeneous, so a D whose
     # middle layers are instance-normalised gives the same map for a patch x and 3 x; without
     # the norm (mtn.disc_norm=False) the map scales with the patch. This is why a D with IN
-    # hardly separates normalised bSSFP from LGE patches (README, "Beyond the paper").
+    # hardly separates normalised bSSFP from LGE patches (experiments/README.md, "Beyond the
+    # paper").
     import keras
     from cm_trancaf.models.mtn import Discriminator
     cfg = get_preset("cmr_cpu").mtn
