@@ -277,9 +277,7 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
     if seeds < 1 or first_seed < 0:                     # before anything is written
         raise UserError(f"--seeds {seeds} --first-seed {first_seed}: need at least one seed and "
                         f"a first seed >= 0")
-    by_name = check_settings(settings, catalogue)
-    for s in settings:                                  # a typo fails now, not at its turn
-        apply_overrides(base, [*s.overrides, *s.mtn_overrides])
+    by_name = check_settings(settings, catalogue, base)
     out = Path(out)
     work = out / "work"
     if cohort is None:
@@ -398,13 +396,16 @@ def _trained_run(trained: Setting, by_name: dict, base, cohort: Cohort, work: Pa
     return seg_dir
 
 
-def check_settings(settings: list[Setting], catalogue: list[Setting] | None = None
-                   ) -> dict[str, Setting]:
+def check_settings(settings: list[Setting], catalogue: list[Setting] | None = None,
+                   base=None) -> dict[str, Setting]:
     """The settings by name (``catalogue``'s and these), after the errors a run would meet only
     at a setting's turn: members < 1, a ``same_run_as`` or ``maunet_from`` naming no fully
-    trained setting of the experiment."""
+    trained setting of the experiment, and (given the ``base`` config) an override or MTN
+    override that is no field of it or has the wrong type."""
     by_name = {s.name: s for s in [*(catalogue or []), *settings]}
     for s in settings:
+        if base is not None:
+            apply_overrides(base, [*s.overrides, *s.mtn_overrides])
         if s.members < 1:
             raise UserError(f"setting {s.name!r}: members must be >= 1, got {s.members}")
         if s.same_run_as is not None and s.same_run_as not in by_name:
