@@ -264,6 +264,58 @@ def _kept(old: pd.DataFrame, names: set[str], unchanged: set[str],
     return old[other_setting | other_seed]
 
 
+# the results files a run writes, in one place: name -> the rows it holds (``_Results``)
+RESULT_FILES = {"per_case": "per_case.csv", "per_case_1mm": "per_case_1mm.csv",
+                "centers": "centers.csv", "anatomy": "anatomy.csv",
+                "anatomy_per_case": "anatomy_per_case.csv"}
+
+
+@dataclass
+class _Results:
+    """The rows of a results folder: those an earlier run left that this run keeps, then this
+    run's, in the order they are measured; each list is written whole after every step."""
+    per_case: list[dict]
+    per_case_1mm: list[dict]
+    centers: list[dict]
+    anatomy: list[dict]
+    anatomy_per_case: list[dict]
+
+    def write(self, out: Path, *names: str) -> None:
+        for n in names:
+            if n.startswith("anatomy") and not self.anatomy:
+                continue                # no synthetic-source setting: no anatomy files
+            _write_csv(pd.DataFrame(getattr(self, n)), out / RESULT_FILES[n])
+
+
+def _prior_results(out: Path, settings: list[Setting], run_seeds: range
+                   ) -> tuple[_Results, list[dict]]:
+    """What a re-run of some settings (``--only``) keeps of the folder's earlier results: the
+    other settings' rows, and a setting's other seeds when its definition is unchanged
+    (``--first-seed K`` adds seeds to a folder); and the settings the folder then describes
+    (earlier ones first, as dicts)."""
+    names = {s.name for s in settings}
+    known = [asdict(s) for s in settings]
+    empty = _Results(*([] for _ in RESULT_FILES))
+    if not ((out / "per_case.csv").exists() and (out / "settings.json").exists()):
+        return empty, known
+    old = pd.read_csv(out / "per_case.csv")
+    # a stored setting written before a field was added has that field's default
+    stored = {s["name"]: {**asdict(Setting(s["name"])), **s}
+              for s in json.loads((out / "settings.json").read_text())["settings"]}
+    unchanged = {s.name for s in settings
+                 if stored.get(s.name) == json.loads(json.dumps(asdict(s)))}
+    known = [s for s in stored.values()
+             if s["name"] not in names and s["name"] in set(old["setting"])] + known
+    if not len(_kept(old, names, unchanged, run_seeds)):
+        return empty, known
+
+    def kept(csv: str) -> list[dict]:
+        if not (out / csv).exists():
+            return []
+        return _kept(pd.read_csv(out / csv), names, unchanged, run_seeds).to_dict("records")
+    return _Results(*(kept(csv) for csv in RESULT_FILES.values())), known
+
+
 def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Path | None = None,
                    seeds: int = 1, folds: int = 0, published: dict | None = None,
                    cohort: Cohort | None = None, note: str | None = None,
@@ -286,88 +338,78 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
             if not (data / "phantom.json").exists():
                 phantom.write_dataset(data, *PHANTOM_CASES, seed=0)
         cohort = mmwhs_cohort(base, Path(data), folds)
-    data = cohort.data
-    labelset = get_labelset(base.data.labels)
-    splits = cohort.splits
     needs_source = [s.name for s in settings if s.mtn or s.raw or s.harmonize]
     if needs_source and not cohort.source:              # before any results file is written
         raise UserError(f"settings {needs_source} need source-domain cases (MTN, pooling or "
-                        f"histogram matching); {data} ({cohort.layout}) has none: add them, or "
-                        f"run the settings without them (--without-mtn)")
+                        f"histogram matching); {cohort.data} ({cohort.layout}) has none: add "
+                        f"them, or run the settings without them (--without-mtn)")
     _check_same_config(base, out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(base, out / "config.json")
-    # a re-run of some settings (``--only``) keeps the other settings' results, and a setting's
-    # other seeds when its definition is unchanged (``--first-seed K``: seeds added to a folder)
-    names = {s.name for s in settings}
     run_seeds = range(first_seed, first_seed + seeds)
-    kept, known = [], [asdict(s) for s in settings]
-    unchanged: set[str] = set()
-    if (out / "per_case.csv").exists() and (out / "settings.json").exists():
-        old = pd.read_csv(out / "per_case.csv")
-        # a stored setting written before a field was added has that field's default
-        stored = {s["name"]: {**asdict(Setting(s["name"])), **s}
-                  for s in json.loads((out / "settings.json").read_text())["settings"]}
-        unchanged = {s.name for s in settings
-                     if stored.get(s.name) == json.loads(json.dumps(asdict(s)))}
-        kept = _kept(old, names, unchanged, run_seeds).to_dict("records")
-        known = [s for s in stored.values()
-                 if s["name"] not in names and s["name"] in set(old["setting"])] + known
-    seed_list = sorted({int(r["seed"]) for r in kept}.union(run_seeds))
+    results, known = _prior_results(out, settings, run_seeds)
+    seed_list = sorted({int(r["seed"]) for r in results.per_case}.union(run_seeds))
     atomic_write_text(out / "settings.json", json.dumps(
-        {"experiment": name, "data": str(data), "seeds": seeds, "first_seed": first_seed,
+        {"experiment": name, "data": str(cohort.data), "seeds": seeds, "first_seed": first_seed,
          "seeds_in_results": seed_list, "folds": folds,
          "settings": known, "cohort": cohort.describe()}, indent=2))
-    rows = list(kept)
-
-    def kept_rows(csv: str) -> list[dict]:          # the kept rows of another results file
-        if not (kept and (out / csv).exists()):
-            return []
-        return _kept(pd.read_csv(out / csv), names, unchanged, run_seeds).to_dict("records")
-    center_rows, iso_rows = kept_rows("centers.csv"), kept_rows("per_case_1mm.csv")
-    anatomy_rows, anatomy_cases = kept_rows("anatomy.csv"), kept_rows("anatomy_per_case.csv")
+    labelset = get_labelset(base.data.labels)
     for seed in run_seeds:
-        for fold, (train_cases, test_cases) in enumerate(splits):
+        for fold, (train_cases, test_cases) in enumerate(cohort.splits):
             for s in settings:
-                t0 = time.time()
-                tag = f"s{seed}_f{fold}"
-                trained = by_name[s.same_run_as] if s.same_run_as else s
-                seg_dirs = [_trained_run(trained, by_name, base, cohort, work, run_seed, fold,
-                                         train_cases, test_cases)
-                            for run_seed in range(s.members * seed, s.members * (seed + 1))]
-                cfg = apply_overrides(base, list(s.overrides))
-                infer = [o for o in s.overrides if o.strip().startswith("infer.")]
-                case_rows, rows_1mm, centers = _evaluate_setting(
-                    seg_dirs if len(seg_dirs) > 1 else seg_dirs[0], test_cases,
-                    work / "pred" / s.name / tag, labelset, cfg.scn.enabled, infer)
-                key = {"setting": s.name, "seed": seed, "fold": fold}
-                rows += [{**key, **r} for r in case_rows]
-                iso_rows += [{**key, **r} for r in rows_1mm]
-                center_rows += [{**key, **r} for r in centers]
-                df = pd.DataFrame(rows)
-                _write_csv(df, out / "per_case.csv")
-                _write_csv(pd.DataFrame(iso_rows), out / "per_case_1mm.csv")
-                _write_csv(pd.DataFrame(center_rows), out / "centers.csv")
-                whs = [r["dice"] for r in case_rows if r["structure"] == "WHS_mean"]
-                loc = [c["localizer_error_mm"] for c in centers]
-                print(f"[{name}] {s.name} seed {seed} fold {fold}: WHS mean Dice "
-                      f"{100 * np.mean(whs):.1f}%; localizer centre error median "
-                      f"{np.median(loc):.1f} mm, max {np.max(loc):.1f} mm "
-                      f"({time.time() - t0:.0f} s)", flush=True)
+                _run_setting(name, s, by_name, base, cohort, work, seed, fold, train_cases,
+                             test_cases, labelset, results)
+                results.write(out, "per_case", "per_case_1mm", "centers")
             scores, cases = _anatomy(base, settings, by_name, cohort, work, seed, fold,
-                                     test_cases, rows, labelset)
-            anatomy_rows, anatomy_cases = anatomy_rows + scores, anatomy_cases + cases
+                                     test_cases, results.per_case, labelset)
+            results.anatomy += scores
+            results.anatomy_per_case += cases
             if seed == first_seed and fold == 0:
                 _translation_figures(base, settings, cohort, work, seed, train_cases, test_cases,
                                      labelset, out / "figures")
-            if anatomy_rows:
-                _write_csv(pd.DataFrame(anatomy_rows), out / "anatomy.csv")
-                _write_csv(pd.DataFrame(anatomy_cases), out / "anatomy_per_case.csv")
+            results.write(out, "anatomy", "anatomy_per_case")
+    df = pd.DataFrame(results.per_case)
+    _write_tables(name, out, df, pd.DataFrame(results.per_case_1mm), results.anatomy,
+                  [s["name"] for s in known], published, note)
+    return df
+
+
+def _run_setting(name: str, s: Setting, by_name: dict, base, cohort: Cohort, work: Path,
+                 seed: int, fold: int, train_cases, test_cases, labelset,
+                 results: _Results) -> None:
+    """One setting at one seed and fold: its cascade (trained first if missing; an ensemble's
+    members, or the run of ``same_run_as``) predicts the fold's test cases; the rows are added
+    to ``results`` and a line is printed."""
+    t0 = time.time()
+    tag = f"s{seed}_f{fold}"
+    trained = by_name[s.same_run_as] if s.same_run_as else s
+    seg_dirs = [_trained_run(trained, by_name, base, cohort, work, run_seed, fold, train_cases,
+                             test_cases)
+                for run_seed in range(s.members * seed, s.members * (seed + 1))]
+    cfg = apply_overrides(base, list(s.overrides))
+    infer = [o for o in s.overrides if o.strip().startswith("infer.")]
+    case_rows, rows_1mm, centers = _evaluate_setting(
+        seg_dirs if len(seg_dirs) > 1 else seg_dirs[0], test_cases, work / "pred" / s.name / tag,
+        labelset, cfg.scn.enabled, infer)
+    key = {"setting": s.name, "seed": seed, "fold": fold}
+    results.per_case += [{**key, **r} for r in case_rows]
+    results.per_case_1mm += [{**key, **r} for r in rows_1mm]
+    results.centers += [{**key, **r} for r in centers]
+    whs = [r["dice"] for r in case_rows if r["structure"] == "WHS_mean"]
+    loc = [c["localizer_error_mm"] for c in centers]
+    print(f"[{name}] {s.name} seed {seed} fold {fold}: WHS mean Dice {100 * np.mean(whs):.1f}%; "
+          f"localizer centre error median {np.median(loc):.1f} mm, max {np.max(loc):.1f} mm "
+          f"({time.time() - t0:.0f} s)", flush=True)
+
+
+def _write_tables(name: str, out: Path, df: pd.DataFrame, df_1mm: pd.DataFrame,
+                  anatomy_rows: list[dict], order: list[str], published: dict | None,
+                  note: str | None) -> None:
+    """summary.csv, summary_1mm.csv and table.md of the results folder; the table is printed."""
     summary = summarize_experiment(df)
     _write_csv(summary, out / "summary.csv")
-    summary_1mm = summarize_experiment(pd.DataFrame(iso_rows))
+    summary_1mm = summarize_experiment(df_1mm)
     _write_csv(summary_1mm, out / "summary_1mm.csv")
-    order = [s["name"] for s in known]
     table = markdown_table(summary, order, published, note)
     table_1mm = markdown_table(summary_1mm, order, None, "Both grids: predictions and ground "
                                "truth resampled to 1 mm isotropic by nearest neighbour.")
@@ -376,7 +418,6 @@ def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Pa
                       f"\n\n{table_1mm}\n" + paired_table(df, order)
                       + anatomy_table(anatomy_rows))
     print(table)
-    return df
 
 
 def _trained_run(trained: Setting, by_name: dict, base, cohort: Cohort, work: Path, seed: int,
