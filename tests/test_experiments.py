@@ -229,7 +229,8 @@ def test_first_seed_adds_a_seed_and_keeps_the_others(results, two_seeds, tmp_pat
     import cm_trancaf.experiments.command as command
     _, run, _ = results
     copy, df = two_seeds
-    before = {csv: pd.read_csv(run / csv) for csv in ("per_case.csv", "centers.csv")}
+    before = {csv: pd.read_csv(run / csv)
+              for csv in ("per_case.csv", "per_case_1mm.csv", "centers.csv")}
     mine = df[df.setting == "r=0.0"]
     assert mine.groupby("seed").size().to_dict() == {0: 2 * 9, 1: 2 * 9}
     for csv, old in before.items():
@@ -237,6 +238,10 @@ def test_first_seed_adds_a_seed_and_keeps_the_others(results, two_seeds, tmp_pat
         pd.testing.assert_frame_equal(new[new.seed == 0].reset_index(drop=True),
                                       old.reset_index(drop=True))
         assert set(new[new.setting == "r=0.0"]["seed"]) == {0, 1}
+    for csv in ("anatomy.csv", "anatomy_per_case.csv"):    # "r=1.0"'s, not re-run: kept as is
+        old = pd.read_csv(run / csv)
+        assert set(old["setting"]) == {"r=1.0"}
+        pd.testing.assert_frame_equal(pd.read_csv(copy / csv), old)
     assert json.loads((copy / "settings.json").read_text())["seeds_in_results"] == [0, 1]
     seg = copy / "work/seg/r=0.0"
     assert json.loads((seg / "s1_f0/config.json").read_text())["run"]["seed"] == 1
