@@ -306,14 +306,16 @@ def _prior_results(out: Path, settings: list[Setting], run_seeds: range
                  if stored.get(s.name) == json.loads(json.dumps(asdict(s)))}
     known = [s for s in stored.values()
              if s["name"] not in names and s["name"] in set(old["setting"])] + known
-    if not len(_kept(old, names, unchanged, run_seeds)):
+    per_case = _kept(old, names, unchanged, run_seeds).to_dict("records")
+    if not per_case:
         return empty, known
 
     def kept(csv: str) -> list[dict]:
         if not (out / csv).exists():
             return []
         return _kept(pd.read_csv(out / csv), names, unchanged, run_seeds).to_dict("records")
-    return _Results(*(kept(csv) for csv in RESULT_FILES.values())), known
+    others = [kept(csv) for name, csv in RESULT_FILES.items() if name != "per_case"]
+    return _Results(per_case, *others), known
 
 
 def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Path | None = None,
