@@ -295,7 +295,7 @@ def _prior_results(out: Path, settings: list[Setting], run_seeds: range
     (earlier ones first, as dicts)."""
     names = {s.name for s in settings}
     known = [asdict(s) for s in settings]
-    empty = _Results(*([] for _ in RESULT_FILES))
+    empty = _Results(**{name: [] for name in RESULT_FILES})
     if not ((out / "per_case.csv").exists() and (out / "settings.json").exists()):
         return empty, known
     old = pd.read_csv(out / "per_case.csv")
@@ -314,8 +314,8 @@ def _prior_results(out: Path, settings: list[Setting], run_seeds: range
         if not (out / csv).exists():
             return []
         return _kept(pd.read_csv(out / csv), names, unchanged, run_seeds).to_dict("records")
-    others = [kept(csv) for name, csv in RESULT_FILES.items() if name != "per_case"]
-    return _Results(per_case, *others), known
+    return _Results(per_case=per_case, **{name: kept(csv) for name, csv in RESULT_FILES.items()
+                                          if name != "per_case"}), known
 
 
 def run_experiment(name: str, settings: list[Setting], base, out: Path, data: Path | None = None,
