@@ -192,6 +192,11 @@ class SCNConfig:
     input_noise: float = 0.0
     input_noise_cell: int = 8
     input_floor: float = 0.01
+    # Beyond the paper (False = Payer's softmax(L * S)): the SCN corrects MAUNet's log-probabilities,
+    # softmax(log max(p, residual_floor) + L * S), its spatial head starting at zero, so a fresh SCN
+    # returns p and training only adds what the substructures' configuration changes
+    residual: bool = False
+    residual_floor: float = 1e-4
 
 
 @dataclass(frozen=True)

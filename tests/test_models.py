@@ -164,6 +164,31 @@ def test_scn_outputs_a_distribution_and_its_parts():
     assert with_image.count_params() > scn.count_params()
 
 
+def test_residual_scn_starts_as_its_input_and_learns_a_correction():
+    """``scn.residual``: a fresh SCN returns MAUNet's probabilities p (floored at residual_floor,
+    renormalised), with the plain SCN's parameter count; its zero spatial head still gets
+    gradients, so steps towards a target with one class favoured lower the loss and leave p."""
+    import tensorflow as tf
+    cfg = dataclasses.replace(CFG.scn, residual=True)
+    scn = build_scn(cfg, 4, (16, 16, 16))
+    logits = np.random.default_rng(5).normal(size=(1, 16, 16, 16, 4)).astype("float32")
+    p = np.asarray(keras.ops.softmax(logits))
+    floored = np.maximum(p, cfg.residual_floor)
+    np.testing.assert_allclose(np.asarray(scn(p)), floored / floored.sum(-1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)
+    assert scn.count_params() == build_scn(CFG.scn, 4, (16, 16, 16)).count_params()
+    target = np.asarray(keras.ops.softmax(logits + np.array([2.0, 0, 0, 0], np.float32)))
+    opt = keras.optimizers.Adam(1e-2)                      # ^ class 0 favoured everywhere
+    losses = []
+    for _ in range(30):
+        with tf.GradientTape() as tape:
+            loss = keras.ops.mean(keras.ops.square(scn(p, training=True) - target))
+        opt.apply_gradients(zip(tape.gradient(loss, scn.trainable_variables), scn.trainable_variables))
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+    assert np.abs(np.asarray(scn(p)) - p).mean() > 0.01
+
+
 @pytest.mark.parametrize("preset", ["tiny", "paper"])
 def test_pinned_parameter_counts_of_every_network(preset):
     """An architecture change (a layer, a width, a kernel) shows up here for each network."""

@@ -5,6 +5,8 @@
       spatial branch: AvgPool(s) -- Conv3D(F, 9x9x5) x n -- Conv3D(K, tanh) -- Upsample(s)
                                                                        -> spatial maps S
       prediction:     softmax(L * S)        (element-wise, as Payer's network.py)
+      residual option: softmax(log p + L * S), S's last kernel and bias zero at start, so a fresh
+                      SCN returns p (beyond the paper, ``scn.residual``)
 
 The large kernels of the spatial branch see the whole coarse ROI, so each class map can be
 corrected by where the other substructures are. Kernels are given as (x, y, z) like the paper
@@ -36,7 +38,13 @@ class SCN(keras.Model):
         self.pool = layers.AveragePooling3D(cfg.downsample)
         self.spatial = [conv(cfg.filters, kernel, "leaky_relu", f"spatial{i}")
                         for i in range(cfg.spatial_convs)]
-        self.spatial_out = conv(num_classes, kernel, "tanh", "spatial_out")
+        if cfg.residual:
+            if cfg.residual_floor <= 0:
+                raise ValueError(f"scn.residual_floor must be > 0, got {cfg.residual_floor}")
+            self.spatial_out = layers.Conv3D(num_classes, kernel, padding="same", activation="tanh",
+                                             kernel_initializer="zeros", name="spatial_out")
+        else:
+            self.spatial_out = conv(num_classes, kernel, "tanh", "spatial_out")
         self.upsample = layers.UpSampling3D(cfg.downsample)
         self.softmax = layers.Softmax(axis=-1, dtype="float32")
 
@@ -53,7 +61,11 @@ class SCN(keras.Model):
         for c in self.spatial:
             s = c(s)
         spatial = self.upsample(self.spatial_out(s))           # (B, D, H, W, K) in [-1, 1]
-        pred = self.softmax(local * spatial)
+        logits = local * spatial                               # Payer: L * S
+        if self.cfg.residual:                                  # log p + L * S, p floored
+            log_p = ops.log(ops.maximum(ops.cast(probs, "float32"), self.cfg.residual_floor))
+            logits = log_p + ops.cast(logits, "float32")
+        pred = self.softmax(logits)
         return (pred, local, spatial) if return_parts else pred
 
 
