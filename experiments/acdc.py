@@ -31,7 +31,12 @@ SETTINGS = [Setting("MAUNet + SCN"),
 # "Ensembles of seeds"):
 # seed s of "MAUNet + SCN, 3 members" averages the class probabilities of "MAUNet + SCN"'s seeds
 # 3s, 3s + 1 and 3s + 2 (inference.Ensemble; nothing to train where those seeds exist)
-CANDIDATES = [Setting("MAUNet + SCN, 3 members", same_run_as="MAUNet + SCN", members=3)]
+# the SCN alone retrained on "MAUNet + SCN"'s MAUNet: as it is (the control: the SCN's own
+# spread) and as a correction of MAUNet's log-probabilities (scn.residual, beyond the paper; in
+# `cpu`, chosen on CT)
+CANDIDATES = [Setting("MAUNet + SCN, 3 members", same_run_as="MAUNet + SCN", members=3),
+              Setting("SCN retrained", maunet_from="MAUNet + SCN"),
+              Setting("SCN retrained, residual", ("scn.residual=True",), maunet_from="MAUNet + SCN")]
 # A 2D U-Net on the 100 ACDC training patients (Dangi et al., Med Phys 2019, Table II, "UNet"),
 # mean of RV, Myo, LV: https://pmc.ncbi.nlm.nih.gov/articles/PMC7372294/table/T2
 PUBLISHED = {"U-Net, ED (Dangi et al. 2019)": {"WHS_mean dice": 91.6, "WHS_mean jaccard": 85.0,

@@ -28,7 +28,8 @@ CANDIDATES = [Setting("SCN retrained", maunet_from="MAUNet + SCN"),
               Setting("SCN retrained, noisy inputs 1.5", ("scn.input_noise=1.5",),
                       maunet_from="MAUNet + SCN"),
               # the SCN as a correction of MAUNet's log-probabilities, softmax(log p + L * S)
-              # (scn.residual, beyond the paper), against "SCN retrained" on the same MAUNet
+              # (scn.residual, beyond the paper), against "SCN retrained" on the same MAUNet;
+              # since 2026-12-07 in `cpu` (then the earlier `cpu` is --set scn.residual=False)
               Setting("SCN retrained, residual", ("scn.residual=True",), maunet_from="MAUNet + SCN"),
               # nnU-Net's loss, Dice + cross-entropy 1:1 (focal with gamma = 0 is the cross-
               # entropy), against the paper's Dice + 0.1 focal (gamma 2); MAUNet and SCN
