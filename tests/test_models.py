@@ -247,14 +247,14 @@ def test_mtn_residual_generator_starts_as_the_identity_and_learns():
     np.testing.assert_array_equal(np.asarray(g(x)), x)
     assert g.count_params() == PINNED["tiny"]["G_c"]
     target = x - 0.3                                       # a darker image
-    opt = keras.optimizers.Adam(1e-2)
+    opt = keras.optimizers.Adam(3e-3)    # 20 steps at 1e-2 oscillated: loss ratio 0.24-0.78 over inits
     losses = []
-    for _ in range(20):
+    for _ in range(40):                  # 40 at 3e-3: 0.08-0.12 over 8 inits
         with tf.GradientTape() as tape:
             loss = keras.ops.mean(keras.ops.abs(g(x, training=True) - target))
         opt.apply_gradients(zip(tape.gradient(loss, g.trainable_variables), g.trainable_variables))
         losses.append(float(loss))
-    assert losses[-1] < 0.8 * losses[0]
+    assert losses[-1] < 0.5 * losses[0]
     assert np.abs(np.asarray(g(x)) - x).mean() > 0.05
 
 
