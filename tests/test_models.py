@@ -164,11 +164,23 @@ def test_scn_outputs_a_distribution_and_its_parts():
     assert with_image.count_params() > scn.count_params()
 
 
+def _fit(model, x, target, steps, lr, distance):
+    """Adam steps of ``mean(distance(model(x) - target))``; the losses, first to last."""
+    import tensorflow as tf
+    opt = keras.optimizers.Adam(lr)
+    losses = []
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = keras.ops.mean(distance(model(x, training=True) - target))
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        losses.append(float(loss))
+    return losses
+
+
 def test_residual_scn_starts_as_its_input_and_learns_a_correction():
     """``scn.residual``: a fresh SCN returns MAUNet's probabilities p (floored at residual_floor,
     renormalised), with the plain SCN's parameter count; its zero spatial head still gets
     gradients, so steps towards a target with one class favoured lower the loss and leave p."""
-    import tensorflow as tf
     cfg = dataclasses.replace(CFG.scn, residual=True)
     scn = build_scn(cfg, 4, (16, 16, 16))
     logits = np.random.default_rng(5).normal(size=(1, 16, 16, 16, 4)).astype("float32")
@@ -178,13 +190,7 @@ def test_residual_scn_starts_as_its_input_and_learns_a_correction():
                                rtol=1e-5, atol=1e-6)
     assert scn.count_params() == build_scn(CFG.scn, 4, (16, 16, 16)).count_params()
     target = np.asarray(keras.ops.softmax(logits + np.array([2.0, 0, 0, 0], np.float32)))
-    opt = keras.optimizers.Adam(1e-2)                      # ^ class 0 favoured everywhere
-    losses = []
-    for _ in range(30):
-        with tf.GradientTape() as tape:
-            loss = keras.ops.mean(keras.ops.square(scn(p, training=True) - target))
-        opt.apply_gradients(zip(tape.gradient(loss, scn.trainable_variables), scn.trainable_variables))
-        losses.append(float(loss))
+    losses = _fit(scn, p, target, 30, 1e-2, keras.ops.square)  # class 0 favoured everywhere
     assert losses[-1] < 0.5 * losses[0]
     assert np.abs(np.asarray(scn(p)) - p).mean() > 0.01
 
@@ -240,20 +246,14 @@ def test_mtn_residual_generator_starts_as_the_identity_and_learns():
     """``gen_residual``: a freshly built G is exactly the identity (x + 0), with the plain G's
     parameter count; its zero-initialised last layer still gets gradients, so a few steps towards
     a changed target lower the loss and move G away from the identity."""
-    import tensorflow as tf
     cfg = dataclasses.replace(CFG.mtn, gen_residual=True)
     g = build_mtn(cfg)["G_c"]
     x = X[:1, :16, :16, :16]
     np.testing.assert_array_equal(np.asarray(g(x)), x)
     assert g.count_params() == PINNED["tiny"]["G_c"]
     target = x - 0.3                                       # a darker image
-    opt = keras.optimizers.Adam(3e-3)    # 20 steps at 1e-2 oscillated: loss ratio 0.24-0.78 over inits
-    losses = []
-    for _ in range(40):                  # 40 at 3e-3: 0.08-0.12 over 8 inits
-        with tf.GradientTape() as tape:
-            loss = keras.ops.mean(keras.ops.abs(g(x, training=True) - target))
-        opt.apply_gradients(zip(tape.gradient(loss, g.trainable_variables), g.trainable_variables))
-        losses.append(float(loss))
+    # 40 steps at 3e-3: loss ratio 0.08-0.12 over 8 inits (20 at 1e-2 oscillated: 0.24-0.78)
+    losses = _fit(g, x, target, 40, 3e-3, keras.ops.abs)
     assert losses[-1] < 0.5 * losses[0]
     assert np.abs(np.asarray(g(x)) - x).mean() > 0.05
 
