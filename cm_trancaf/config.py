@@ -358,7 +358,8 @@ PRESETS["demo"] = _preset(
 # structure, adopted by a rule written before the draws (MM-WHS development cases: +0.50 pooled
 # over 12 cases, 10 better, HD no worse; MAUNet time ratio 1.006 in alternation;
 # experiments/README.md "Choosing `cpu` settings"). And the residual SCN, softmax(log p + L * S)
-# (development cases: +0.36 points against the paper's SCN, 4 of 4 cases, HD +0.3 mm; the same).
+# (development cases: +0.36 points against the paper's SCN, 4 of 4 cases, HD +0.3 mm; the same
+# section, "A residual SCN").
 PRESETS["cpu"] = _preset(
     PRESETS["demo"], "cpu",
     data={"spacing": (3.0, 3.0, 3.0), "roi_size": (64, 64, 64), "enhance_sigma_mm": 3.0},
