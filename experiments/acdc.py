@@ -33,7 +33,7 @@ SETTINGS = [Setting("MAUNet + SCN"),
 # 3s, 3s + 1 and 3s + 2 (inference.Ensemble; nothing to train where those seeds exist)
 # the SCN alone retrained on "MAUNet + SCN"'s MAUNet: as it is (the control: the SCN's own
 # spread) and as a correction of MAUNet's log-probabilities (scn.residual, beyond the paper; in
-# `cpu`, chosen on CT)
+# `cpu`, chosen on CT; on ACDC's development patients +0.11, not adopted for `cmr_cpu`)
 CANDIDATES = [Setting("MAUNet + SCN, 3 members", same_run_as="MAUNet + SCN", members=3),
               Setting("SCN retrained", maunet_from="MAUNet + SCN"),
               Setting("SCN retrained, residual", ("scn.residual=True",), maunet_from="MAUNet + SCN")]
