@@ -29,6 +29,8 @@ class SCN(keras.Model):
         if cfg.downsample < 1 or cfg.spatial_convs < 1:
             raise ValueError(f"SCN needs downsample >= 1 and spatial_convs >= 1, got "
                              f"{cfg.downsample}, {cfg.spatial_convs}")
+        if cfg.residual and cfg.residual_floor <= 0:
+            raise ValueError(f"scn.residual_floor must be > 0, got {cfg.residual_floor}")
         self.cfg, self.num_classes = cfg, num_classes
         conv = lambda f, k, act, name: layers.Conv3D(f, k, padding="same", activation=act, name=name)
         self.local = [conv(cfg.filters, 3, "leaky_relu", "local0"),
@@ -38,13 +40,10 @@ class SCN(keras.Model):
         self.pool = layers.AveragePooling3D(cfg.downsample)
         self.spatial = [conv(cfg.filters, kernel, "leaky_relu", f"spatial{i}")
                         for i in range(cfg.spatial_convs)]
-        if cfg.residual:
-            if cfg.residual_floor <= 0:
-                raise ValueError(f"scn.residual_floor must be > 0, got {cfg.residual_floor}")
-            self.spatial_out = layers.Conv3D(num_classes, kernel, padding="same", activation="tanh",
-                                             kernel_initializer="zeros", name="spatial_out")
-        else:
-            self.spatial_out = conv(num_classes, kernel, "tanh", "spatial_out")
+        # residual: S starts at zero, so a fresh SCN returns p (Keras' default otherwise)
+        self.spatial_out = layers.Conv3D(
+            num_classes, kernel, padding="same", activation="tanh", name="spatial_out",
+            kernel_initializer="zeros" if cfg.residual else "glorot_uniform")
         self.upsample = layers.UpSampling3D(cfg.downsample)
         self.softmax = layers.Softmax(axis=-1, dtype="float32")
 
