@@ -31,6 +31,10 @@ CANDIDATES = [Setting("SCN retrained", maunet_from="MAUNet + SCN"),
               # (scn.residual, beyond the paper), against "SCN retrained" on the same MAUNet;
               # since 2026-12-07 in `cpu` (then the earlier `cpu` is --set scn.residual=False)
               Setting("SCN retrained, residual", ("scn.residual=True",), maunet_from="MAUNet + SCN"),
+              # the same cascade with test-time shifts (infer.shift_views=7; 2026-12-07, rule in
+              # experiments/README.md "Test-time shifts on the current `cpu`")
+              Setting("SCN retrained, residual, test-time shifts", ("infer.shift_views=7",),
+                      same_run_as="SCN retrained, residual"),
               # nnU-Net's loss, Dice + cross-entropy 1:1 (focal with gamma = 0 is the cross-
               # entropy), against the paper's Dice + 0.1 focal (gamma 2); MAUNet and SCN
               Setting("Dice + CE", ("train.lambda_focal=1.0", "train.focal_gamma=0.0")),
