@@ -35,6 +35,10 @@ CANDIDATES = [Setting("SCN retrained", maunet_from="MAUNet + SCN"),
               # experiments/README.md "Test-time shifts on the current `cpu`")
               Setting("SCN retrained, residual, test-time shifts", ("infer.shift_views=7",),
                       same_run_as="SCN retrained, residual"),
+              # batch 1 at twice the steps (the same ROIs seen, twice the updates; MAUNet and
+              # SCN), against "SCN retrained, residual" (2026-12-07)
+              Setting("batch 1, twice the steps", ("scn.residual=True", "train.batch_size=1",
+                                                  "train.steps=1800", "scn.steps=600")),
               # nnU-Net's loss, Dice + cross-entropy 1:1 (focal with gamma = 0 is the cross-
               # entropy), against the paper's Dice + 0.1 focal (gamma 2); MAUNet and SCN
               Setting("Dice + CE", ("train.lambda_focal=1.0", "train.focal_gamma=0.0")),
