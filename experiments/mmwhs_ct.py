@@ -39,6 +39,8 @@ CANDIDATES = [Setting("SCN retrained", maunet_from="MAUNet + SCN"),
               # SCN), against "SCN retrained, residual" (2026-12-07)
               Setting("batch 1, twice the steps", ("scn.residual=True", "train.batch_size=1",
                                                   "train.steps=1800", "scn.steps=600")),
+              # twice the learning rate (2e-3 came from the phantom's `demo`; MAUNet and SCN)
+              Setting("lr 4e-3", ("scn.residual=True", "train.lr=0.004")),
               # nnU-Net's loss, Dice + cross-entropy 1:1 (focal with gamma = 0 is the cross-
               # entropy), against the paper's Dice + 0.1 focal (gamma 2); MAUNet and SCN
               Setting("Dice + CE", ("train.lambda_focal=1.0", "train.focal_gamma=0.0")),
