@@ -41,6 +41,12 @@ CANDIDATES = [Setting("SCN retrained", maunet_from="MAUNet + SCN"),
                                                   "train.steps=1800", "scn.steps=600")),
               # twice the learning rate (2e-3 came from the phantom's `demo`; MAUNet and SCN)
               Setting("lr 4e-3", ("scn.residual=True", "train.lr=0.004")),
+              # inference only, on the same dev cascade: a second re-centring pass; tiles that
+              # follow a heart (the PA) touching a face of the ROI
+              Setting("SCN retrained, residual, 2 re-centrings", ("infer.refine_passes=2",),
+                      same_run_as="SCN retrained, residual"),
+              Setting("SCN retrained, residual, tiles", ("infer.extend_tiles=6",),
+                      same_run_as="SCN retrained, residual"),
               # nnU-Net's loss, Dice + cross-entropy 1:1 (focal with gamma = 0 is the cross-
               # entropy), against the paper's Dice + 0.1 focal (gamma 2); MAUNet and SCN
               Setting("Dice + CE", ("train.lambda_focal=1.0", "train.focal_gamma=0.0")),
