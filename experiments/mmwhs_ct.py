@@ -31,12 +31,14 @@ CANDIDATES = [Setting("SCN retrained", maunet_from="MAUNet + SCN"),
               # (scn.residual, beyond the paper), against "SCN retrained" on the same MAUNet;
               # since 2026-12-07 in `cpu` (then the earlier `cpu` is --set scn.residual=False)
               Setting("SCN retrained, residual", ("scn.residual=True",), maunet_from="MAUNet + SCN"),
-              # the same cascade with test-time shifts (infer.shift_views=7; 2026-12-07, rule in
-              # experiments/README.md "Test-time shifts on the current `cpu`")
+              # 2026-12-07, none adopted (experiments/README.md "Test-time shifts on the current
+              # `cpu`" and the paragraphs after it); run in cpu_dev with --set scn.residual=False
+              # (that folder's configuration), so the training ones set scn.residual=True:
+              # the same cascade with test-time shifts (infer.shift_views=7)
               Setting("SCN retrained, residual, test-time shifts", ("infer.shift_views=7",),
                       same_run_as="SCN retrained, residual"),
               # batch 1 at twice the steps (the same ROIs seen, twice the updates; MAUNet and
-              # SCN), against "SCN retrained, residual" (2026-12-07)
+              # SCN), against "SCN retrained, residual"
               Setting("batch 1, twice the steps", ("scn.residual=True", "train.batch_size=1",
                                                   "train.steps=1800", "scn.steps=600")),
               # twice the learning rate (2e-3 came from the phantom's `demo`; MAUNet and SCN)
