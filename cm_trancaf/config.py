@@ -41,6 +41,10 @@ class DataConfig:
     # mixed orientations are safer on the world grid
     grid_axes: str = "world"
     roi_size: tuple[int, int, int] = (64, 64, 64)          # voxels, (D, H, W); SPEC: 64^3 ROI
+    # Beyond the paper (0 = off; grid_axes=image only): a stack longer than the ROI's depth
+    # (roi_size[0] slices of spacing[2]) is resampled at a coarser slice spacing, at most this
+    # many mm, so that the ROI holds the whole stack along its slice axis
+    fit_slice_mm: float = 0.0
     enhance: str = "unsharp"                   # none | unsharp | clahe; SPEC "texture enhancement"
     enhance_sigma_mm: float = 3.0              # unsharp: Gaussian sigma (one working voxel)
     enhance_amount: float = 0.5                # unsharp: weight of the high-pass added back

@@ -50,12 +50,19 @@ class Prepared:
 
 
 def working_grid(image: sitk.Image, spacing: tuple[float | None, ...] | None,
-                 axes: str = "world") -> Geometry:
+                 axes: str = "world", fit_slices: int = 0,
+                 fit_max_mm: float = 0.0) -> Geometry:
     """Grid at ``spacing`` (mm; None = native) covering ``image``: ``axes`` "world" = identity
     direction, spacing along x y z; "image" = the image's own direction, spacing along its
-    column, row and slice axes (``data.grid_axes``)."""
+    column, row and slice axes (``data.grid_axes``).
+
+    ``fit_slices`` N > 0 (``axes="image"`` only; ``data.fit_slice_mm``): a stack longer than N
+    slices of ``spacing[2]`` gets a coarser slice spacing, up to ``fit_max_mm``, so that it
+    spans N working slices (an ROI N slices deep then holds the whole stack)."""
     if axes not in ("world", "image"):
         raise ValueError(f"data.grid_axes must be world|image, got {axes!r}")
+    if fit_slices and axes != "image":
+        raise ValueError("data.fit_slice_mm needs data.grid_axes=image (a slice axis)")
     src = Geometry.of(image)
     direction = np.asarray(src.direction).reshape(3, 3)
     sp_src = np.asarray(src.spacing)
@@ -65,6 +72,9 @@ def working_grid(image: sitk.Image, spacing: tuple[float | None, ...] | None,
     target = np.array([native[i] if spacing is None or spacing[i] is None else float(spacing[i])
                        for i in range(3)])
     if axes == "image":
+        if fit_slices:
+            # the stack's length along its slice axis, spread over fit_slices working slices
+            target[2] = max(target[2], min(size[2] * sp_src[2] / fit_slices, fit_max_mm))
         n = np.maximum(1, np.ceil(size * sp_src / target - 1e-4)).astype(int)
         centre = np.asarray(src.origin) + direction @ ((size - 1) / 2 * sp_src)
         origin = centre - direction @ ((n - 1) / 2 * target)
@@ -197,10 +207,11 @@ def prepare(image: sitk.Image, label: sitk.Image | None, cfg: DataConfig, modali
     image is already enhanced on this working grid (G_c's output), so it is not enhanced again
     (and its resampling onto its own grid is the identity)."""
     image = sitk.Cast(image, sitk.sitkFloat32)       # int16 CT straight from a scanner too
-    grid = working_grid(image, cfg.spacing, cfg.grid_axes)
+    grid = working_grid(image, cfg.spacing, cfg.grid_axes, cfg.roi_size[0] if cfg.fit_slice_mm
+                        else 0, cfg.fit_slice_mm)
     background = float(np.min(sitk.GetArrayViewFromImage(image)))
     if cfg.antialias and not enhanced:
-        image = antialias(image, cfg.spacing, cfg.grid_axes)
+        image = antialias(image, grid.spacing, cfg.grid_axes)
     work = resample(image, grid, sitk.sitkLinear, background)
     if not enhanced:
         work = enhance(work, cfg)
