@@ -315,3 +315,46 @@ def test_image_axes_grid_keeps_a_real_oblique_lge_stack_closer_to_its_labels():
         out = sitk.GetArrayFromImage(probs_to_source(onehot, np.zeros(3, int), prep))
         myo[axes] = _dice(out, orig, 1)
     assert myo["image"] > myo["world"] + 0.02 and myo["image"] > 0.93, myo
+
+
+def test_fit_slice_mm_stretches_only_a_stack_longer_than_the_roi():
+    """``data.fit_slice_mm``: a stack longer than the ROI's depth of working slices is spread
+    over exactly that many slices (capped), a shorter one keeps the configured spacing; the
+    in-plane axes, the stack's extent and its centre are kept, and labels pasted back from the
+    stretched grid keep the source geometry."""
+    def stack(n_slices, dz):
+        img = sitk.Image(40, 30, n_slices, sitk.sitkFloat32)
+        img.SetSpacing((2.0, 2.0, dz))
+        img.SetOrigin((-7.0, 3.0, 11.0))
+        return _oblique(img)
+    depth, cap = 16, 8.0
+    long_stack = stack(11, 10.0)                                   # 110 mm > 16 x 6 mm
+    grid = working_grid(long_stack, (2.0, 2.0, 6.0), "image", depth, cap)
+    assert grid.size[2] == depth and grid.spacing[2] == pytest.approx(110.0 / depth)
+    assert grid.spacing[:2] == (2.0, 2.0) and grid.size[:2] == (40, 30)
+    plain = working_grid(long_stack, (2.0, 2.0, 6.0), "image")
+    assert plain.size[2] == 19                                      # ceil(110 / 6)
+    centre = lambda g: index_to_mm(g, (np.asarray(g.size)[::-1] - 1) / 2)
+    np.testing.assert_allclose(centre(grid), centre(plain), atol=1e-6)
+    short = working_grid(stack(9, 10.0), (2.0, 2.0, 6.0), "image", depth, cap)   # 90 mm
+    assert short.spacing[2] == 6.0 and short.size[2] == 15
+    capped = working_grid(stack(30, 10.0), (2.0, 2.0, 6.0), "image", depth, cap)  # 300 mm
+    assert capped.spacing[2] == cap and capped.size[2] == int(np.ceil(300 / cap))
+    with pytest.raises(ValueError, match="grid_axes=image"):
+        working_grid(long_stack, (2.0, 2.0, 6.0), "world", depth, cap)
+    # through prepare (cfg.roi_size[0] is the depth): a perfect prediction pasted back
+    label = sitk.Image(long_stack.GetSize(), sitk.sitkUInt8)
+    label.CopyInformation(long_stack)
+    arr = np.zeros(label.GetSize()[::-1], np.uint8)
+    arr[2:9, 8:22, 10:30] = 1
+    arr[4:7, 12:18, 14:24] = 2
+    label = sitk.GetImageFromArray(arr)
+    label.CopyInformation(long_stack)
+    cfg = DataConfig(spacing=(2.0, 2.0, 6.0), roi_size=(depth, 32, 32), enhance="none",
+                     grid_axes="image", fit_slice_mm=cap)
+    prep = prepare(sitk.Cast(label, sitk.sitkFloat32), label, cfg, "mr", 3)
+    assert prep.grid == grid
+    out = probs_to_source(np.eye(3, dtype=np.float32)[prep.label], np.zeros(3, int), prep)
+    assert Geometry.of(out) == Geometry.of(label)
+    back = sitk.GetArrayFromImage(out)
+    assert _dice(back, arr, 1) > 0.9 and _dice(back, arr, 2) > 0.9

@@ -104,7 +104,8 @@ def _check_shape_segmenter(cfg: ExperimentConfig, ref: Cascade, run) -> None:
     """S_t must see G_c's output as it saw its training ROIs: same grid, normalisation, and a
     ROI that G_c's down- and up-samplings keep."""
     a, b = cfg.data, ref.cfg.data
-    for name in ("spacing", "modality", "enhance", "enhance_sigma_mm", "enhance_amount"):
+    for name in ("spacing", "grid_axes", "fit_slice_mm", "modality", "enhance",
+                 "enhance_sigma_mm", "enhance_amount"):
         if getattr(a, name) != getattr(b, name):
             raise UserError(f"{run}: the shape term's segmenter has data.{name}="
                             f"{getattr(b, name)!r}, the MTN {getattr(a, name)!r}")
