@@ -484,7 +484,19 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | None) -> Exper
         except (ValueError, SyntaxError):
             value = raw.strip()  # bare words are strings: data.enhance=none
         cfg = _set_path(cfg, parts, value, key)
+    _check_grid(cfg.data)
     return cfg
+
+
+def _check_grid(data: DataConfig) -> None:
+    """Working-grid options that only fit together (a clear error before any file is read)."""
+    if data.grid_axes not in ("world", "image"):
+        raise ConfigError(f"data.grid_axes must be world|image, got {data.grid_axes!r}")
+    if data.fit_slice_mm < 0:
+        raise ConfigError(f"data.fit_slice_mm must be >= 0 (0 = off), got {data.fit_slice_mm}")
+    if data.fit_slice_mm and data.grid_axes != "image":
+        raise ConfigError("data.fit_slice_mm needs data.grid_axes=image (a slice axis to fit); "
+                          "add --set data.fit_slice_mm=0 for a world-aligned grid")
 
 
 def _set_path(obj: Any, parts: list[str], value: Any, key: str) -> Any:

@@ -33,6 +33,18 @@ def test_overrides_are_typed_and_unknown_keys_fail():
         get_preset("nope")
 
 
+def test_grid_options_that_do_not_fit_together_fail_at_the_override():
+    cmr = get_preset("cmr_cpu")
+    assert cmr.data.fit_slice_mm > 0 and cmr.data.grid_axes == "image"
+    with pytest.raises(ConfigError, match="fit_slice_mm needs data.grid_axes=image"):
+        apply_overrides(cmr, ["data.grid_axes=world"])
+    world = apply_overrides(cmr, ["data.grid_axes=world", "data.fit_slice_mm=0.0"])
+    assert world.data.grid_axes == "world" and world.data.fit_slice_mm == 0
+    for bad in ["data.grid_axes=scanner", "data.fit_slice_mm=-1.0"]:
+        with pytest.raises(ConfigError):
+            apply_overrides(cmr, [bad])
+
+
 def test_every_config_field_is_read_by_the_code():
     """No field is silently ignored: each one of every section is read (``.<field>``) somewhere in
     the package outside ``config.py``."""
