@@ -16,6 +16,8 @@ from cm_trancaf.experiments import Setting, main
 THREE_PASSES, START_OFF = "infer.refine_passes=3", "infer.start_shift_mm=(30.0, 30.0, 0.0)"
 APPEARANCE = ("augment.gamma_prob=0.3", "augment.contrast_prob=0.15", "augment.noise_prob=0.1",
               "augment.blur_prob=0.2")
+FINE_GRID = ("data.spacing=(1.6, 1.6, 6.0)", "data.roi_size=(16, 80, 80)",
+             "data.enhance_sigma_mm=1.6", "train.steps=2560")
 SETTINGS = [Setting("MAUNet + SCN"),
             Setting("MAUNet (SCN off)", ("scn.enabled=False",), same_run_as="MAUNet + SCN"),
             # the ROI centred on the heart even where the stack is shorter than the ROI (before
@@ -46,7 +48,11 @@ CANDIDATES = [Setting("MAUNet + SCN, 3 members", same_run_as="MAUNet + SCN", mem
               # nnU-Net's appearance augmentation (gamma, contrast, noise, blur at nnU-Net's
               # probabilities; on MS-CMRSeg's 5 LGE development patients -0.2 points): the test's
               # weakest heart, patient094, has a myocardium nearly as bright as its blood pool
-              Setting("MAUNet + SCN, appearance augmentation", APPEARANCE)]
+              Setting("MAUNet + SCN, appearance augmentation", APPEARANCE),
+              # a 1.6 mm in-plane grid, the same 128 mm field of view (16 x 80 x 80 ROI) and the
+              # same MAUNet compute (4000 x 64^2 / 80^2 = 2560 steps): perfect labels pasted back
+              # on the 79 training patients, Myo 94.9 -> 97.2 %, mean 97.1 -> 98.4 %
+              Setting("MAUNet + SCN, 1.6 mm in-plane", FINE_GRID)]
 # A 2D U-Net on the 100 ACDC training patients (Dangi et al., Med Phys 2019, Table II, "UNet"),
 # mean of RV, Myo, LV: https://pmc.ncbi.nlm.nih.gov/articles/PMC7372294/table/T2
 PUBLISHED = {"U-Net, ED (Dangi et al. 2019)": {"WHS_mean dice": 91.6, "WHS_mean jaccard": 85.0,
