@@ -52,7 +52,11 @@ CANDIDATES = [Setting("MAUNet + SCN, 3 members", same_run_as="MAUNet + SCN", mem
               # a 1.6 mm in-plane grid, the same 128 mm field of view (16 x 80 x 80 ROI) and the
               # same MAUNet compute (4000 x 64^2 / 80^2 = 2560 steps): perfect labels pasted back
               # on the 79 training patients, Myo 94.9 -> 97.2 %, mean 97.1 -> 98.4 %
-              Setting("MAUNet + SCN, 1.6 mm in-plane", FINE_GRID)]
+              Setting("MAUNet + SCN, 1.6 mm in-plane", FINE_GRID),
+              # the MAUNet z-scores its own ROI (maunet.input_norm; MS-CMRSeg dev LGE -0.07):
+              # the working volume is scaled by its whole field of view's percentiles, and the
+              # test's patient037 is a dim image with a 406 x 481 mm field of view
+              Setting("MAUNet + SCN, ROI z-score", ("maunet.input_norm=True",))]
 # A 2D U-Net on the 100 ACDC training patients (Dangi et al., Med Phys 2019, Table II, "UNet"),
 # mean of RV, Myo, LV: https://pmc.ncbi.nlm.nih.gov/articles/PMC7372294/table/T2
 PUBLISHED = {"U-Net, ED (Dangi et al. 2019)": {"WHS_mean dice": 91.6, "WHS_mean jaccard": 85.0,
