@@ -47,18 +47,18 @@ CANDIDATES = [Setting("MAUNet + SCN, 3 members", same_run_as="MAUNet + SCN", mem
               Setting("MAUNet + SCN, 6 mm slices", ("data.fit_slice_mm=0.0",)),
               # nnU-Net's appearance augmentation (gamma, contrast, noise, blur at nnU-Net's
               # probabilities; on MS-CMRSeg's 5 LGE development patients -0.2 points): the test's
-              # weakest heart, patient094, has a myocardium nearly as bright as its blood pool; ACDC dev
-              # -0.18 points (8 of 15 better), not adopted (experiments/README.md "ACDC")
+              # weakest heart, patient094, has a myocardium nearly as bright as its blood pool;
+              # ACDC dev -0.18 points (8 of 15 better), not adopted (experiments/README.md "ACDC")
               Setting("MAUNet + SCN, appearance augmentation", APPEARANCE),
               # a 1.6 mm in-plane grid, the same 128 mm field of view (16 x 80 x 80 ROI) and the
               # same MAUNet compute (4000 x 64^2 / 80^2 = 2560 steps): perfect labels pasted back
-              # on the 79 training patients, Myo 94.9 -> 97.2 %, mean 97.1 -> 98.4 %; ACDC dev -0.36
-              # points (8 of 15 better), not adopted
+              # on the 79 training patients, Myo 94.9 -> 97.2 %, mean 97.1 -> 98.4 %; ACDC dev
+              # -0.36 points (8 of 15 better), not adopted
               Setting("MAUNet + SCN, 1.6 mm in-plane", FINE_GRID),
               # the MAUNet z-scores its own ROI (maunet.input_norm; MS-CMRSeg dev LGE -0.07):
               # the working volume is scaled by its whole field of view's percentiles, and the
-              # test's patient037 is a dim image with a 406 x 481 mm field of view; ACDC dev -0.35
-              # points (7 of 15 better), not adopted
+              # test's patient037 is a dim image with a 406 x 481 mm field of view; ACDC dev
+              # -0.35 points (7 of 15 better), not adopted
               Setting("MAUNet + SCN, ROI z-score", ("maunet.input_norm=True",))]
 # A 2D U-Net on the 100 ACDC training patients (Dangi et al., Med Phys 2019, Table II, "UNet"),
 # mean of RV, Myo, LV: https://pmc.ncbi.nlm.nih.gov/articles/PMC7372294/table/T2
